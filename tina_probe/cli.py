@@ -1,0 +1,252 @@
+"""The `tina-probe` command line: one typer app; the only core module that sees train/ and analysis/.
+
+Every user error is a `TinaError`, printed as one line and exit code 2; heavy imports happen inside the
+commands so that `tina-probe --help` stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tina_probe.errors import TinaError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Study LoRA vs full fine-tuning of small reasoning models trained with GRPO.")
+lab_app = typer.Typer(add_completion=False, no_args_is_help=False, invoke_without_command=True,
+                      help="The lab: the whole study on the shipped model organism, and its tools.")
+app.add_typer(lab_app, name="lab")
+
+OUT = typer.Option(Path("results"), "--out", help="results store folder")
+
+
+def user_errors(fn):
+    """Turn TinaError (and a missing file) into one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TinaError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished work is kept; rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _expand(paths: List[str]) -> List[str]:
+    """Expand globs the shell left alone (e.g. quoted 'runs/*')."""
+    import glob
+
+    out: list[str] = []
+    for p in paths:
+        hits = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+        if not hits:
+            raise TinaError(f"{p}: no such run or checkpoint folder")
+        out.extend(hits)
+    return out
+
+
+@app.command()
+@user_errors
+def train(recipe: Path = typer.Option(..., "--recipe", help="recipe YAML (see train/recipes/)"),
+          out: Path = typer.Option(Path("runs"), "--out", help="runs root; the run goes to OUT/<recipe name>/"),
+          set_: List[str] = typer.Option([], "--set", help="override a recipe value: key.sub=value")):
+    """Train one recipe with TRL's GRPOTrainer (LoRA or full FT) -> RUNS/<name>/checkpoint-N/."""
+    from train.grpo import train as run_train
+    from train.recipe import load_recipe
+
+    r = load_recipe(recipe, set_)
+    run_dir = run_train(r, out, source=str(recipe))
+    typer.echo(f"run written to {run_dir}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, checkpoint folders or globs"),
+          benchmarks: Optional[List[str]] = typer.Option(None, "--benchmarks", help="names or files, comma separated"),
+          n: int = typer.Option(4, "--n", help="samples per problem"),
+          temperature: float = typer.Option(1.0, "--temperature"),
+          top_p: float = typer.Option(1.0, "--top-p"),
+          max_tokens: int = typer.Option(64, "--max-tokens"),
+          seed: int = typer.Option(0, "--seed"),
+          backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+          steps: Optional[str] = typer.Option(None, "--steps", help="comma separated steps to evaluate"),
+          shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's share of the units"),
+          limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each benchmark"),
+          out: Path = OUT):
+    """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
+    from tina_probe.evaluate import run_eval
+
+    step_set = {int(s) for s in steps.split(",")} if steps else None
+    shard_t = None
+    if shard:
+        try:
+            i, total = (int(x) for x in shard.split("/"))
+            assert 0 <= i < total
+        except (ValueError, AssertionError):
+            raise TinaError(f"--shard {shard}: expected i/N with 0 <= i < N") from None
+        shard_t = (i, total)
+    run_eval(_expand(ckpts), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
+             max_tokens=max_tokens, seed=seed, backend=backend, out=out, steps=step_set, shard=shard_t,
+             limit=limit)
+
+
+@app.command()
+@user_errors
+def grade(samples: Path = typer.Option(..., "--samples", help="JSONL or parquet of completions made elsewhere"),
+          map_: List[str] = typer.Option([], "--map", help="rename a field: new=old (e.g. completion=response)"),
+          out: Path = OUT):
+    """Grade completions made elsewhere and write the samples, passk and format tables."""
+    from tina_probe.grade_samples import run_grade
+
+    mapping = {}
+    for m in map_:
+        if "=" not in m:
+            raise TinaError(f"--map {m!r}: expected new=old")
+        new, old = m.split("=", 1)
+        mapping[new.strip()] = old.strip()
+    run_grade(samples, out, mapping)
+
+
+@app.command()
+@user_errors
+def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), out: Path = OUT,
+            top: int = typer.Option(64, "--top", help="singular values kept per matrix")):
+    """Update spectra of LoRA adapters and full-FT deltas -> spectra table."""
+    from analysis.spectra import run_spectra
+
+    run_spectra(_expand(ckpts), out, top=top)
+
+
+@app.command()
+@user_errors
+def retention(ckpts: List[str] = typer.Option(..., "--ckpts"),
+              probes: Optional[List[str]] = typer.Option(None, "--probes", help="probe names, comma separated"),
+              out: Path = OUT):
+    """Knowledge-retention probes (lm-eval tasks, KL to the base, perplexity) -> retention table."""
+    from analysis.retention import run_retention
+
+    run_retention(_expand(ckpts), probes=_split(probes), out=out)
+
+
+@app.command()
+@user_errors
+def phase(runs: List[str] = typer.Option(..., "--runs"), out: Path = OUT):
+    """Change points on training and eval curves, with bootstrap ranges -> phases table."""
+    from analysis.phase import run_phase
+
+    run_phase(_expand(runs), out)
+
+
+@app.command()
+@user_errors
+def hypothesis(out: Path = OUT):
+    """Test the format-adaptation hypothesis per run -> hypothesis table with verdicts."""
+    from analysis.hypothesis import run_hypothesis
+
+    run_hypothesis(out)
+
+
+@app.command()
+@user_errors
+def report(out: Path = OUT):
+    """Write a markdown report with seaborn figures and the verdict table."""
+    from analysis.report import write_report
+
+    path = write_report(out)
+    typer.echo(f"report written to {path}")
+
+
+@app.command("app")
+@user_errors
+def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
+    """Open the Streamlit explorer over a results store (bound to 127.0.0.1)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+    if not script.is_file():
+        raise TinaError(f"{script}: the explorer script is missing from this installation")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--out", str(out.resolve())]
+    typer.echo(f"explorer at http://127.0.0.1:{port}  (results: {out})")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@lab_app.callback()
+@user_errors
+def lab(ctx: typer.Context,
+        quick: bool = typer.Option(False, "--quick", help="a reduced study (~3 minutes)"),
+        out: Path = OUT,
+        runs: Path = typer.Option(Path("runs"), "--runs", help="where the lab's runs go")):
+    """The whole LoRA vs full-FT study on the shipped model organism, end to end (resumable)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tina_probe.lab.study import run_lab
+
+    run_lab(quick=quick, out=out, runs_root=runs)
+
+
+@lab_app.command("pretrain")
+@user_errors
+def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
+                 level: int = typer.Option(1, "--level", help="task difficulty level"),
+                 formatted_share: float = typer.Option(0.3, "--formatted-share",
+                                                       help="share of prompt wordings with well-formatted traces"),
+                 leak: float = typer.Option(0.1, "--leak", help="chance a trace ignores its wording's style"),
+                 max_steps: int = typer.Option(900, "--max-steps"),
+                 max_minutes: float = typer.Option(30.0, "--max-minutes"),
+                 seed: int = typer.Option(0, "--seed")):
+    """Pretrain a lab base model (a tiny Qwen2) on arithmetic traces and facts."""
+    from tina_probe.lab.pretrain import PretrainConfig, pretrain
+
+    path = pretrain(PretrainConfig(out=str(out), level=level, formatted_share=formatted_share, leak=leak,
+                                   max_steps=max_steps, max_minutes=max_minutes, seed=seed))
+    typer.echo(f"base written to {path}")
+
+
+@lab_app.command("data")
+@user_errors
+def lab_data(out: Path = typer.Option(Path("data/lab"), "--out")):
+    """Regenerate the lab's task splits, facts and reference text (deterministic)."""
+    from tina_probe.lab.tasks import write_lab_data
+
+    for name, path in write_lab_data(out).items():
+        typer.echo(f"{name}: {path}")
+
+
+@lab_app.command("measure")
+@user_errors
+def lab_measure(model: Path = typer.Option(Path("data/lab/base"), "--model"),
+                benchmark: str = typer.Option("lab-test", "--benchmark"),
+                n: int = typer.Option(1, "--n"), temperature: float = typer.Option(1.0, "--temperature"),
+                out: Path = typer.Option(Path("results/base-card"), "--out")):
+    """Measure a lab base (accuracy, format, facts recall): the numbers in its MODEL_CARD.md."""
+    from tina_probe.lab.measure import measure_base
+
+    measure_base(model, benchmark=benchmark, n=n, temperature=temperature, out=out)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,2 @@
+class TinaError(Exception):
+    """A user-facing error: one line naming the file/thing and what is wrong."""

