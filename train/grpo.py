@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -119,7 +120,7 @@ def grpo_config(recipe: Recipe, output_dir: Path):
         max_completion_length=g.max_completion_length,
         learning_rate=g.learning_rate,
         lr_scheduler_type=g.lr_scheduler_type,
-        warmup_ratio=g.warmup_ratio,
+        warmup_steps=float(g.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of max_steps
         beta=g.beta,
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
@@ -189,8 +190,19 @@ def write_manifest(run_dir: Path, recipe: Recipe, base: str, base_hash: str | No
     return path
 
 
+def _quiet_trl(use_vllm: bool) -> None:
+    """TRL imports vLLM whenever it is installed (~10 s on 2 cores) and warns about its version; a run that
+    does not generate with vLLM skips both. Must run before `trl.GRPOTrainer` is first imported."""
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM")
+    if not use_vllm:
+        import importlib
+
+        importlib.import_module("trl.import_utils").is_vllm_available = lambda min_version=None: False
+
+
 def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe") -> Path:
     """Train one recipe; returns the run folder. An interrupted run keeps its finished checkpoints."""
+    _quiet_trl(recipe.grpo.use_vllm)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
