@@ -79,6 +79,7 @@ def train(recipe: Path = typer.Option(..., "--recipe", help="recipe YAML (see tr
 @app.command("eval")
 @user_errors
 def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, checkpoint folders or globs"),
+          more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"),
           benchmarks: Optional[List[str]] = typer.Option(None, "--benchmarks", help="names or files, comma separated"),
           n: int = typer.Option(4, "--n", help="samples per problem"),
           temperature: float = typer.Option(1.0, "--temperature"),
@@ -102,7 +103,7 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
         except (ValueError, AssertionError):
             raise TinaError(f"--shard {shard}: expected i/N with 0 <= i < N") from None
         shard_t = (i, total)
-    run_eval(_expand(ckpts), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
+    run_eval(_expand(ckpts + (more or [])), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
              max_tokens=max_tokens, seed=seed, backend=backend, out=out, steps=step_set, shard=shard_t,
              limit=limit)
 
@@ -126,32 +127,32 @@ def grade(samples: Path = typer.Option(..., "--samples", help="JSONL or parquet 
 
 @app.command()
 @user_errors
-def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), out: Path = OUT,
+def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT,
             top: int = typer.Option(64, "--top", help="singular values kept per matrix")):
     """Update spectra of LoRA adapters and full-FT deltas -> spectra table."""
     from analysis.spectra import run_spectra
 
-    run_spectra(_expand(ckpts), out, top=top)
+    run_spectra(_expand(ckpts + (more or [])), out, top=top)
 
 
 @app.command()
 @user_errors
-def retention(ckpts: List[str] = typer.Option(..., "--ckpts"),
+def retention(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"),
               probes: Optional[List[str]] = typer.Option(None, "--probes", help="probe names, comma separated"),
               out: Path = OUT):
     """Knowledge-retention probes (lm-eval tasks, KL to the base, perplexity) -> retention table."""
     from analysis.retention import run_retention
 
-    run_retention(_expand(ckpts), probes=_split(probes), out=out)
+    run_retention(_expand(ckpts + (more or [])), probes=_split(probes), out=out)
 
 
 @app.command()
 @user_errors
-def phase(runs: List[str] = typer.Option(..., "--runs"), out: Path = OUT):
+def phase(runs: List[str] = typer.Option(..., "--runs"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT):
     """Change points on training and eval curves, with bootstrap ranges -> phases table."""
     from analysis.phase import run_phase
 
-    run_phase(_expand(runs), out)
+    run_phase(_expand(runs + (more or [])), out)
 
 
 @app.command()

@@ -200,7 +200,7 @@ def _quiet_trl(use_vllm: bool) -> None:
         importlib.import_module("trl.import_utils").is_vllm_available = lambda min_version=None: False
 
 
-def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe") -> Path:
+def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe", callbacks=None) -> Path:
     """Train one recipe; returns the run folder. An interrupted run keeps its finished checkpoints."""
     _quiet_trl(recipe.grpo.use_vllm)
     import torch
@@ -229,7 +229,8 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
         tokenizer.pad_token = tokenizer.eos_token
     write_manifest(run_dir, recipe, base, base_hash, data_hash, "running")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=lora_config(recipe))
+                          processing_class=tokenizer, peft_config=lora_config(recipe),
+                          callbacks=callbacks)
     start = time.time()
     status = "interrupted"
     try:

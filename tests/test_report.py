@@ -1,0 +1,36 @@
+"""The report: a markdown file whose figures exist, and sections that name the command for a missing table."""
+
+import re
+
+from analysis.hypothesis import run_hypothesis
+from analysis.phase import run_phase
+from analysis.report import write_report
+from analysis.simulate import write_planted_study
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_the_planted_study_links_real_figures(tmp_path):
+    run_dirs = write_planted_study(tmp_path, seed=1, n_problems=80, n_boot=50)
+    out = tmp_path / "results"
+    run_phase([str(d) for d in run_dirs], out, n_boot=20)
+    run_hypothesis(out, n_boot=100)
+    md_path = write_report(out)
+    assert md_path == out / "report" / "report.md"
+    text = md_path.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert set(images) == {"training_curves.png", "pass1.png", "format_rate.png", "gain_decomposition.png"}
+    for name in images:
+        data = (md_path.parent / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert "| planted | format_adaptation" in text and "failed" not in text
+    assert "No `" not in text  # every table was there
+
+
+def test_report_on_an_empty_store_says_what_to_run(tmp_path):
+    md_path = write_report(tmp_path)
+    text = md_path.read_text()
+    for cmd in ("tina-probe hypothesis", "tina-probe phase --runs runs/*", "tina-probe eval --ckpts runs/*"):
+        assert cmd in text
+    assert "![" not in text
+    assert list((tmp_path / "report").glob("*.png")) == []

@@ -1,0 +1,104 @@
+"""The trainer end to end on a tiny model: checkpoints, manifest, log names, bad input, interruption."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tina_probe.cli import app
+from tina_probe.lab.tokenizer import build_tokenizer
+
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
+TINY = ["grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=12", "grpo.prompts_per_step=2",
+        "grpo.num_generations=4", "dataset.limit=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    tok = build_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _train(args):
+    return CliRunner().invoke(app, ["train", *args], catch_exceptions=False)
+
+
+def _sets(*items):
+    return [x for item in items for x in ("--set", item)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, kind", [("lab-lora-r8", "lora"), ("lab-full", "full")])
+def test_tiny_run_writes_checkpoints_and_manifest(tiny_base, tmp_path, recipe, kind):
+    res = _train(["--recipe", str(RECIPES / f"{recipe}.yaml"), "--out", str(tmp_path),
+                  *_sets(f"base={tiny_base}", *TINY)])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / recipe
+    ckpts = sorted(run.glob("checkpoint-*"))
+    assert [c.name for c in ckpts] == ["checkpoint-1", "checkpoint-2"]
+    weights = "adapter_model.safetensors" if kind == "lora" else "model.safetensors"
+    assert all((c / weights).is_file() for c in ckpts)
+    assert not list(run.rglob("optimizer.pt"))  # save_only_model
+    m = json.loads((run / "tina_run.json").read_text())
+    assert m["kind"] == kind and m["status"] == "complete" and m["global_step"] == 2
+    assert Path(m["base"]) == tiny_base.resolve() and len(m["base_hash"]) == 64 and m["data_hash"]
+    assert m["recipe"]["grpo"]["max_steps"] == 2 and "trl" in m["versions"]
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    keys = set().union(*[set(h) for h in state["log_history"]])
+    assert {"rewards/accuracy/mean", "rewards/format/mean", "completions/mean_length"} <= keys
+
+
+@pytest.mark.slow
+def test_interrupted_run_keeps_finished_checkpoints(tiny_base, tmp_path):
+    from transformers import TrainerCallback
+
+    from train.grpo import train
+    from train.recipe import load_recipe
+
+    class StopAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    recipe = load_recipe(RECIPES / "lab-lora-r8.yaml", [f"base={tiny_base}", *TINY, "grpo.max_steps=5"])
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path, callbacks=[StopAtStep3()])
+    run = tmp_path / "lab-lora-r8"
+    for step in (1, 2):
+        from safetensors import safe_open
+
+        with safe_open(run / f"checkpoint-{step}" / "adapter_model.safetensors", "pt") as f:
+            assert len(list(f.keys())) > 0
+    assert json.loads((run / "tina_run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("base=/nonexistent/base-model", "base model path not found: /nonexistent/base-model"),
+    ("dataset.path=/nonexistent/train.jsonl", "dataset file not found: /nonexistent/train.jsonl"),
+    ("grpo.learning_rate=-0.001", "learning_rate` must be > 0"),
+    ("grpo.scale_reward=false", "unknown key(s) in `grpo`: 'scale_reward'"),
+])
+def test_bad_input_gives_one_clear_line(override, needle, tmp_path, tiny_base):
+    res = _train(["--recipe", str(RECIPES / "lab-lora-r8.yaml"), "--out", str(tmp_path),
+                  "--set", f"base={tiny_base}", "--set", override])
+    assert res.exit_code == 2
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_unreadable_dataset(tmp_path, tiny_base):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "answer": "2"}\n{not json\n')
+    res = _train(["--recipe", str(RECIPES / "lab-lora-r8.yaml"), "--out", str(tmp_path),
+                  "--set", f"base={tiny_base}", "--set", f"dataset.path={bad}"])
+    assert res.exit_code == 2 and "cannot read dataset" in res.output and str(bad) in res.output

@@ -1,0 +1,205 @@
+"""`tina-probe lab`: the whole LoRA vs full-FT study on the shipped model organism, resumable end to end.
+
+The core never imports `train/` or `analysis/`, so the study drives those steps through the `tina-probe`
+command line in subprocesses (which also lets two training runs share the two cores side by side);
+evaluation, which is core, runs in process. Every step skips what the store or the runs folder already hold.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tina_probe.errors import TinaError
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "train" / "recipes"
+console = Console()
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What one study trains and how it evaluates; `quick` shrinks every knob."""
+
+    recipes: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    name_suffix: str = ""
+    eval_n: int = 4
+    eval_limit: int | None = None
+    parallel: int = 2
+    probes: tuple[str, ...] = ("lab_facts_mc", "kl_general", "ppl_general", "kl_task")
+    extra: dict = field(default_factory=dict)
+
+
+FULL = StudyPlan(
+    recipes=("lab-lora-r8", "lab-full", "lab-lora-r1", "lab-control", "lab-lora-hot", "lab-full-hot"),
+    eval_n=4, eval_limit=100,
+)
+QUICK = StudyPlan(
+    recipes=("lab-lora-r8", "lab-full"),
+    overrides=("grpo.max_steps=16", "grpo.save_steps=4"),
+    name_suffix="-quick", eval_n=2, eval_limit=24, probes=("kl_general", "kl_task"),
+)
+
+
+def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
+    """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    out = open(log, "w") if log else None
+    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env, cwd=ROOT,
+                            stdout=out or None, stderr=subprocess.STDOUT if out else None)
+
+
+def run_cli(*args: str, threads: int = 2) -> None:
+    """Run one `tina-probe` step to completion; a failure stops the study with the step named."""
+    proc = cli(*args, threads=threads)
+    if proc.wait() != 0:
+        raise TinaError(f"tina-probe {' '.join(args[:1])}: step failed (exit {proc.returncode}); rerun to resume")
+
+
+def _manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "tina_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _max_steps(recipe: str, plan: StudyPlan) -> int:
+    import yaml
+
+    steps = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())["grpo"]["max_steps"]
+    for o in plan.overrides:
+        if o.startswith("grpo.max_steps="):
+            steps = int(o.split("=", 1)[1])
+    return steps
+
+
+def _done(run_dir: Path, max_steps: int) -> bool:
+    m = _manifest(run_dir)
+    return m.get("status") == "complete" and m.get("global_step") == max_steps
+
+
+def _latest_step(run_dir: Path) -> int:
+    steps = [int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return max(steps, default=0)
+
+
+def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
+    """Train every recipe of the plan, `plan.parallel` at a time with one thread each; skip finished runs."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    todo, run_dirs = [], []
+    for recipe in plan.recipes:
+        name = recipe + plan.name_suffix
+        run_dir = runs_root / name
+        run_dirs.append(run_dir)
+        if _done(run_dir, _max_steps(recipe, plan)):
+            console.print(f"[green]✓[/] {name}: already trained")
+        else:
+            todo.append((recipe, name, run_dir))
+    if not todo:
+        return run_dirs
+    threads = max(1, (os.cpu_count() or 2) // plan.parallel)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TimeElapsedColumn(), console=console) as progress:
+        pending = list(todo)
+        active: dict[str, tuple[subprocess.Popen, Path, int, str]] = {}
+        while pending or active:
+            while pending and len(active) < plan.parallel:
+                recipe, name, run_dir = pending.pop(0)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                args = ["train", "--recipe", str(RECIPES / f"{recipe}.yaml"), "--out", str(runs_root),
+                        "--set", f"name={name}"]
+                for o in plan.overrides:
+                    args += ["--set", o]
+                task = progress.add_task(f"train {name}", total=_max_steps(recipe, plan))
+                active[name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir, task, recipe)
+            time.sleep(2)
+            for name, (proc, run_dir, task, recipe) in list(active.items()):
+                progress.update(task, completed=_latest_step(run_dir))
+                if proc.poll() is not None:
+                    del active[name]
+                    if proc.returncode != 0:
+                        tail = (run_dir / "train.log").read_text().splitlines()[-3:]
+                        raise TinaError(f"{run_dir / 'train.log'}: training {name} failed: {' | '.join(tail)}")
+                    progress.update(task, completed=progress.tasks[task].total)
+    return run_dirs
+
+
+def summarize(out: Path, run_dirs: list[Path]) -> None:
+    """Print the study's summary: best checkpoint per run, the format transition, the verdicts."""
+    import pandas as pd
+    from rich.table import Table
+
+    def read(name):
+        p = out / f"{name}.parquet"
+        return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
+
+    passk, phases, hyp = read("passk"), read("phases"), read("hypothesis")
+    table = Table(title="tina-probe lab: best checkpoint per run (strict pass@1, sampled)")
+    for col in ("run", "kind", "base strict", "best step", "strict pass@1 [95% CI]", "lenient pass@1 [95% CI]",
+                "format transition", "format adaptation"):
+        table.add_column(col)
+    names = [d.name for d in run_dirs]
+    for run in names:
+        p1 = passk[(passk.get("run") == run) & (passk.get("k") == 1)] if not passk.empty else passk
+        if p1.empty:
+            continue
+        strict = p1[p1.grading == "strict"].sort_values("step")
+        lenient = p1[p1.grading == "lenient"].set_index("step")
+        best = strict.loc[strict[strict.step > 0].value.idxmax()] if (strict.step > 0).any() else strict.iloc[0]
+        base = strict[strict.step == 0].value
+        len_row = lenient.loc[best.step]
+        trans = "-"
+        if not phases.empty:
+            ph = phases[(phases.run == run) & phases.metric.isin(["format_rate", "format_reward"])]
+            if not ph.empty:
+                r = ph.iloc[0]
+                trans = f"{r.change_step:.0f} [{r.change_step_low:.0f}, {r.change_step_high:.0f}]"
+        verdict = "-"
+        if not hyp.empty:
+            v = hyp[(hyp.run == run) & (hyp.claim == "format_adaptation")]
+            verdict = v.verdict.iloc[0] if not v.empty else "-"
+        table.add_row(run, str(best.kind), f"{base.iloc[0]:.1%}" if len(base) else "-", str(int(best.step)),
+                      f"{best.value:.1%} [{best.ci_low:.1%}, {best.ci_high:.1%}]",
+                      f"{len_row.value:.1%} [{len_row.ci_low:.1%}, {len_row.ci_high:.1%}]", trans, verdict)
+    console.print(table)
+
+
+def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path = Path("runs")) -> None:
+    """Train, evaluate, analyse and report the lab study; every step resumes from what exists."""
+    from tina_probe.evaluate import run_eval
+
+    plan = QUICK if quick else FULL
+    for need in ("data/lab/base", "data/lab/control"):
+        if need.endswith("control") and "lab-control" not in plan.recipes:
+            continue
+        if not (ROOT / need / "model.safetensors").is_file():
+            raise TinaError(f"{ROOT / need}: the shipped lab base is missing (rebuild: see its MODEL_CARD.md)")
+    out, runs_root = Path(out), Path(runs_root)
+    if quick:
+        out, runs_root = out / "quick", runs_root / "quick"
+    t0 = time.time()
+    console.rule(f"tina-probe lab{' --quick' if quick else ''}: train")
+    run_dirs = train_all(plan, runs_root)
+    console.rule("evaluate every checkpoint")
+    run_eval([str(d) for d in run_dirs], n=plan.eval_n, temperature=1.0, max_tokens=64, seed=0, out=out,
+             limit=plan.eval_limit)
+    ckpts = [str(d) for d in run_dirs]
+    console.rule("update spectra")
+    run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
+    console.rule("retention probes")
+    run_cli("retention", "--ckpts", *ckpts, "--probes", ",".join(plan.probes), "--out", str(out))
+    console.rule("phase transitions, hypothesis, report")
+    run_cli("phase", "--runs", *ckpts, "--out", str(out))
+    run_cli("hypothesis", "--out", str(out))
+    run_cli("report", "--out", str(out))
+    summarize(out, run_dirs)
+    console.print(f"done in {(time.time() - t0) / 60:.1f} min. Report: {out / 'report' / 'report.md'}")
+    console.print(f"Open the explorer: [bold]tina-probe app --out {out}[/]")
