@@ -1,0 +1,186 @@
+"""The evaluation sweep: tables and their columns, planted correctness, base reuse, resume, crash, shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tina_probe.errors import TinaError
+from tina_probe.evaluate import SAMPLE_KEY_COLS, run_eval, summary_frame
+from tina_probe.generate.base import Completion
+from tina_probe.generate.hf import HFGenerator
+
+SAMPLES_COLS = {"run", "step", "kind", "benchmark", "problem_id", "sample_idx", "completion", "extracted_answer",
+                "correct_strict", "correct_lenient", "think_closed", "boxed", "truncated", "n_tokens",
+                "well_formatted", "answer_tag"}
+PASSK_COLS = {"run", "step", "kind", "benchmark", "grading", "k", "n", "value", "ci_low", "ci_high"}
+FORMAT_COLS = {"run", "step", "kind", "benchmark", "metric", "value", "ci_low", "ci_high"}
+SETTINGS = dict(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=3, show=False)
+
+
+class Counting:
+    """Wraps a generator: counts generate calls and model loads; can fail after a number of calls."""
+
+    def __init__(self, inner, fail_after: int | None = None):
+        self.inner, self.fail_after = inner, fail_after
+        self.calls: list[Path | None] = []
+        self.loads: list[str] = []
+
+    def load_base(self, base, **kw):
+        self.loads.append(str(base))
+        return self.inner.load_base(base, **kw)
+
+    def render(self, prompt):
+        return self.inner.render(prompt)
+
+    def generate(self, prompts, **kw):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("simulated crash")
+        self.calls.append(kw["adapter"])
+        return self.inner.generate(prompts, **kw)
+
+    def close(self):
+        self.inner.close()
+
+
+class Planted:
+    """A fake generator with known answers: sample j of a problem is right iff j < right[model] (well formatted)."""
+
+    def __init__(self, right: dict[str, int]):
+        self.right, self.model = right, None
+
+    def load_base(self, base, **kw):
+        self.model = Path(base).name
+
+    def render(self, prompt):
+        return prompt
+
+    def generate(self, prompts, *, adapter, n, temperature, top_p, max_tokens, seed):
+        who = Path(adapter).name if adapter is not None else self.model
+        out = []
+        for p in prompts:
+            gold = eval(p.rstrip("=?"))  # the lab fixture's questions are "a+b=?"
+            group = []
+            for j in range(n):
+                ans = gold if j < self.right[who] else gold + 1
+                group.append(Completion(f"<think>\n{p[:-1]}\n</think>\n\\boxed{{{ans}}}", 7 + j, False))
+            out.append(group)
+        return out
+
+    def close(self):
+        pass
+
+
+def _runs(runs_dir):
+    return [str(runs_dir / "lab-lora"), str(runs_dir / "lab-full")]
+
+
+def test_sweep_on_tiny_qwen2(runs_dir, tmp_path, tiny_base):
+    gen = Counting(HFGenerator(batch_size=16))
+    tables = run_eval(_runs(runs_dir), out=tmp_path / "res", generator=gen, **SETTINGS)
+    samples, passk, fmt = tables["samples"], tables["passk"], tables["format"]
+    assert SAMPLES_COLS <= set(samples.columns)
+    assert PASSK_COLS <= set(passk.columns) and FORMAT_COLS <= set(fmt.columns)
+    for name in ("samples", "passk", "format"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "res" / f"{name}.parquet"), tables[name])
+    # (run, step, kind): base of each run as step 0, 3 problems x 2 samples each
+    got = samples.groupby(["run", "step", "kind"]).size().to_dict()
+    assert got == {("lab-full", 0, "base"): 6, ("lab-full", 10, "full"): 6, ("lab-lora", 0, "base"): 6,
+                   ("lab-lora", 10, "lora"): 6, ("lab-lora", 20, "lora"): 6}
+    assert not samples.duplicated(SAMPLE_KEY_COLS).any()
+    # the shared base was generated once and reused for both runs' step 0
+    assert gen.calls.count(None) == 2  # base once + the full checkpoint (its own model, no adapter)
+    assert gen.loads == [str(tiny_base.resolve()), str((runs_dir / "lab-full" / "checkpoint-10").resolve())]
+    base_rows = [samples[(samples.run == r) & (samples.step == 0)].reset_index(drop=True) for r in
+                 ("lab-lora", "lab-full")]
+    pd.testing.assert_frame_equal(base_rows[0].drop(columns="run"), base_rows[1].drop(columns="run"))
+    by_step = samples[samples.run == "lab-lora"].groupby("step")["completion"].apply(tuple)
+    assert by_step[0] != by_step[10] != by_step[20], "each adapter changes the samples"
+    assert samples["n_tokens"].between(1, 8).all()
+    assert (~samples["truncated"] | (samples["n_tokens"] == 8)).all()  # truncated: hit max_tokens
+    # passk rows: 5 groups x 2 gradings x k in {1, 2}
+    assert len(passk) == 5 * 2 * 2 and set(passk["k"]) == {1, 2} and (passk["n"] == 2).all()
+
+
+def test_resume_skips_done_units_and_crash_then_rerun_gives_same_tables(runs_dir, tmp_path):
+    full_out, crash_out = tmp_path / "full", tmp_path / "crash"
+    reference = run_eval(_runs(runs_dir), out=full_out, generator=Counting(HFGenerator()), **SETTINGS)
+    again = Counting(HFGenerator())
+    second = run_eval(_runs(runs_dir), out=full_out, generator=again, **SETTINGS)
+    assert again.calls == [] and again.loads == []  # everything was done: no generation, no model load
+    for name in reference:
+        pd.testing.assert_frame_equal(second[name], reference[name])
+
+    crashing = Counting(HFGenerator(), fail_after=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_eval(_runs(runs_dir), out=crash_out, generator=crashing, **SETTINGS)
+    # the first generation (the base) survived, as the step-0 part of both runs
+    assert len(list((crash_out / ".parts" / "samples").glob("*.parquet"))) == 2
+    assert len(list((crash_out / ".parts" / "base_samples").glob("*.parquet"))) == 1
+    assert not (crash_out / "samples.parquet").exists()
+    resumed_gen = Counting(HFGenerator())
+    resumed = run_eval(_runs(runs_dir), out=crash_out, generator=resumed_gen, **SETTINGS)
+    assert len(resumed_gen.calls) == 3  # lora-10, lora-20, full-10: the base was not generated again
+    for name in reference:
+        pd.testing.assert_frame_equal(resumed[name], reference[name])
+    assert not resumed["samples"].duplicated(SAMPLE_KEY_COLS).any()
+
+
+def test_planted_correctness_gives_known_pass_at_k(runs_dir, tmp_path, tiny_base):
+    gen = Planted({tiny_base.name: 0, "checkpoint-10": 1, "checkpoint-20": 2})
+    tables = run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "res", generator=gen, **SETTINGS)
+    p = tables["passk"].set_index(["step", "grading", "k"])["value"]
+    for grading in ("strict", "lenient"):
+        assert p[(0, grading, 1)] == 0.0 and p[(10, grading, 1)] == 0.5 and p[(20, grading, 1)] == 1.0
+        assert p[(10, grading, 2)] == 1.0 and p[(0, grading, 2)] == 0.0
+    s = tables["samples"]
+    assert s["well_formatted"].all() and (s["boxed"] == 1).all() and s["think_closed"].all()
+    right = s[s.step == 10].sort_values(["problem_id", "sample_idx"])
+    assert right["correct_strict"].tolist() == [True, False] * 3
+    assert (right["extracted_answer"] == [a if c else str(int(a) + 1) for a, c in
+                                          zip(right["answer"], right["correct_strict"])]).all()
+    f = tables["format"].set_index(["step", "metric"])["value"]
+    assert f[(10, "format_rate")] == 1.0 and f[(20, "mean_tokens")] == 7.5
+    summary = summary_frame(tables, ["lab-lora"])
+    assert summary.loc[summary.best, "step"].tolist() == [20]
+
+
+def test_bad_benchmark_fails_before_any_generation(runs_dir, tmp_path):
+    gen = Planted({})
+    with pytest.raises(TinaError, match="nosuch: unknown benchmark"):
+        run_eval(_runs(runs_dir), benchmarks=["nosuch"], out=tmp_path / "res", generator=gen, **SETTINGS)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=?", "answer": "2"}\n{"question": "x"}\n')
+    with pytest.raises(TinaError, match="bad.jsonl:2: missing field 'answer'"):
+        run_eval(_runs(runs_dir), benchmarks=[str(bad)], out=tmp_path / "res", generator=gen, **SETTINGS)
+    assert gen.model is None and not (tmp_path / "res").exists()
+
+
+def test_shards_together_equal_one_sweep(runs_dir, tmp_path, tiny_base):
+    right = {tiny_base.name: 1, "checkpoint-10": 1, "checkpoint-20": 2}
+    one = run_eval(_runs(runs_dir), out=tmp_path / "one", generator=Planted(right), **SETTINGS)
+    first = run_eval(_runs(runs_dir), out=tmp_path / "sh", shard=(0, 2), generator=Planted(right), **SETTINGS)
+    assert 0 < len(first["samples"]) < len(one["samples"])  # consolidation uses only the parts present
+    both = run_eval(_runs(runs_dir), out=tmp_path / "sh", shard=(1, 2), generator=Planted(right), **SETTINGS)
+    for name in one:
+        pd.testing.assert_frame_equal(both[name], one[name])
+
+
+def test_steps_subset_and_explicit_benchmark(runs_dir, tmp_path, tiny_base, lab_data):
+    gen = Planted({tiny_base.name: 0, "checkpoint-10": 1, "checkpoint-20": 2})
+    tables = run_eval([str(runs_dir / "lab-lora")], benchmarks=[f"lab-test={lab_data}"], steps={0, 20},
+                      limit=2, out=tmp_path / "res", generator=gen, **SETTINGS)
+    s = tables["samples"]
+    assert sorted(s["step"].unique()) == [0, 20] and set(s["benchmark"]) == {"lab-test"}
+    assert s["problem_id"].nunique() == 2
+
+
+def test_manifest_without_eval_benchmark(runs_dir, tmp_path):
+    import json
+
+    m = runs_dir / "lab-lora" / "tina_run.json"
+    m.write_text(json.dumps({**json.loads(m.read_text()), "eval_benchmark": None}))
+    with pytest.raises(TinaError, match="no eval_benchmark"):
+        run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "res", generator=Planted({}), **SETTINGS)

@@ -1,0 +1,97 @@
+"""`tina-probe grade`: completions made elsewhere, JSONL or parquet, one row per completion or per problem."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tina_probe.errors import TinaError
+from tina_probe.grade_samples import run_grade
+
+GOOD = "<think>\n2+3=5\n</think>\n\\boxed{5}"
+LOOSE = "I think it is 5"  # right answer, no format: lenient only
+WRONG = "<think>\n2+3=6\n</think>\n\\boxed{6}"
+# problem p1 (gold 5): good, loose, wrong, good; problem p2 (gold 7): all wrong
+PER_PROBLEM = [
+    {"id": "p1", "gold": "5", "responses": [GOOD, LOOSE, WRONG, GOOD], "model": "m", "ckpt": 30},
+    {"id": "p2", "gold": 7, "responses": [WRONG] * 4, "model": "m", "ckpt": 30},
+]
+MAP = {"problem_id": "id", "answer": "gold", "completions": "responses", "run": "model", "step": "ckpt"}
+
+
+def _per_completion():
+    rows = []
+    for r in PER_PROBLEM:
+        for c in r["responses"]:
+            rows.append({"id": r["id"], "gold": r["gold"], "response": c, "model": r["model"], "ckpt": r["ckpt"]})
+    return rows
+
+
+def _check(tables):
+    s = tables["samples"]
+    assert len(s) == 8
+    assert s.groupby("problem_id")["sample_idx"].apply(sorted).to_dict() == {"p1": [0, 1, 2, 3], "p2": [0, 1, 2, 3]}
+    p1 = s[s.problem_id == "p1"].sort_values("sample_idx")
+    assert p1["correct_strict"].tolist() == [True, False, False, True]
+    assert p1["correct_lenient"].tolist() == [True, True, False, True]
+    assert p1["well_formatted"].tolist() == [True, False, True, True]
+    assert not s[s.problem_id == "p2"]["correct_lenient"].any()
+    assert set(s["run"]) == {"m"} and set(s["step"]) == {30}
+    p = tables["passk"].set_index(["grading", "k"])["value"]
+    # pass@1 = mean over problems of c/n: strict (2/4 + 0)/2, lenient (3/4 + 0)/2
+    assert p[("strict", 1)] == pytest.approx(0.25) and p[("lenient", 1)] == pytest.approx(0.375)
+    # pass@2 for p1 strict: 1 - C(2,2)/C(4,2) = 5/6
+    assert p[("strict", 2)] == pytest.approx(5 / 12)
+    f = tables["format"].set_index("metric")["value"]
+    assert f["format_rate"] == pytest.approx(7 / 8)
+
+
+def test_jsonl_one_row_per_completion_with_map(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _per_completion()))
+    mapping = {k: v for k, v in MAP.items() if k != "completions"} | {"completion": "response"}
+    tables = run_grade(path, tmp_path / "res", mapping)
+    _check(tables)
+    assert (tmp_path / "res" / "samples.parquet").is_file() and (tmp_path / "res" / "passk.parquet").is_file()
+
+
+def test_jsonl_one_row_per_problem_with_list(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PER_PROBLEM))
+    _check(run_grade(path, tmp_path / "res", MAP))
+
+
+def test_parquet_both_layouts(tmp_path):
+    per_problem = tmp_path / "pp.parquet"
+    pd.DataFrame([{**r, "gold": str(r["gold"])} for r in PER_PROBLEM]).to_parquet(per_problem)
+    _check(run_grade(per_problem, tmp_path / "a", MAP))
+    per_completion = tmp_path / "pc.parquet"
+    pd.DataFrame(_per_completion()).astype({"gold": str}).to_parquet(per_completion)
+    mapping = {k: v for k, v in MAP.items() if k != "completions"} | {"completion": "response"}
+    _check(run_grade(per_completion, tmp_path / "b", mapping))
+
+
+def test_defaults_and_regrading_the_same_file(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"problem_id": 1, "answer": "5", "completion": GOOD}) + "\n")
+    first = run_grade(path, tmp_path / "res")
+    again = run_grade(path, tmp_path / "res")  # the same file again: no duplicate rows
+    assert len(again["samples"]) == len(first["samples"]) == 1
+    row = again["samples"].iloc[0]
+    assert (row.run, row.step, row.benchmark, row.problem_id, row.sample_idx) == ("mine", 0, "mine", "1", 0)
+    assert bool(row.correct_strict)
+
+
+def test_missing_columns_name_the_file_and_column(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"problem_id": "a", "response": GOOD}) + "\n")
+    with pytest.raises(TinaError, match=r"x\.jsonl: missing column 'completion'"):
+        run_grade(path, tmp_path / "res", {})
+    with pytest.raises(TinaError, match=r"x\.jsonl: missing column 'answer'"):
+        run_grade(path, tmp_path / "res", {"completion": "response"})
+    with pytest.raises(TinaError, match=r"x\.jsonl: --map completion=resp: no column 'resp'"):
+        run_grade(path, tmp_path / "res", {"completion": "resp"})
+    with pytest.raises(TinaError, match="no such samples file"):
+        run_grade(tmp_path / "nope.jsonl", tmp_path / "res", {})

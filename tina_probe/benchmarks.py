@@ -1,0 +1,325 @@
+"""Benchmark specs and loading: a registry (data/benchmarks.yaml) of local files or `datasets` ids -> Problems."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tina_probe.errors import TinaError
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+REGISTRY = DATA_DIR / "benchmarks.yaml"
+EXTRACTIONS = ("field", "boxed_in_field", "after_hashes", "choice_index", "choice_shuffle", "auto")
+
+# fields tried, in order, for an ad hoc file (`--benchmarks file.jsonl`)
+_DEFAULT_QUESTION = ("question", "problem", "prompt", "input")
+_DEFAULT_ANSWER = ("answer", "gold", "target", "final_answer")
+_DEFAULT_ID = ("id", "idx", "unique_id", "problem_id")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem: the question, the gold answer and the prompt built from the template."""
+
+    id: str
+    question: str
+    answer: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How to read one benchmark: its source, fields, answer extraction and prompt template."""
+
+    name: str
+    path: str | None = None
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "test"
+    question: tuple[str, ...] = _DEFAULT_QUESTION
+    answer: tuple[str, ...] = _DEFAULT_ANSWER
+    id: tuple[str, ...] = _DEFAULT_ID
+    extract: str = "auto"
+    choices: str = "choices"
+    distractors: tuple[str, ...] = ()
+    template: str = "{question}"
+    think_in_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A loaded benchmark: its problems in file order."""
+
+    name: str
+    problems: list[Problem]
+    source: str = ""
+    think_in_prompt: bool = False
+    spec: BenchmarkSpec | None = field(default=None, compare=False)
+
+
+# ----------------------------------------------------------------------------- pure answer extraction
+
+
+def last_boxed(text: str) -> str | None:
+    """The balanced-brace content of the last \\boxed{...} (or \\fbox{...}) in a text, or None.
+
+    Hand-written (a few lines) so the registry does not depend on the grader's module for gold answers."""
+    starts = [i for tag in ("\\boxed{", "\\fbox{") for i in _find_all(text, tag)]
+    for start in sorted(starts, reverse=True):
+        open_at = text.index("{", start)
+        depth = 0
+        for j in range(open_at, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                return text[open_at + 1 : j].strip()
+    return None
+
+
+def _find_all(text: str, sub: str) -> list[int]:
+    out, i = [], text.find(sub)
+    while i >= 0:
+        out.append(i)
+        i = text.find(sub, i + 1)
+    return out
+
+
+def after_hashes(text: str) -> str | None:
+    """The GSM8K answer: the text after the last `####`, without thousands separators."""
+    if "####" not in text:
+        return None
+    return text.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def answer_text(value: Any) -> str:
+    """A gold value as text; integer-valued floats lose their `.0` (AMC's 27.0 -> "27")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def with_choices(question: str, choices: list[str]) -> str:
+    """The question followed by lettered choices, one a line (A) ..., B) ...)."""
+    letters = string.ascii_uppercase
+    return question.rstrip() + "\n\n" + "\n".join(f"{letters[i]}) {c}" for i, c in enumerate(choices))
+
+
+def render_prompt(template: str, question: str) -> str:
+    """The template with `{question}` replaced (plain replace: templates hold LaTeX braces like \\boxed{})."""
+    return template.replace("{question}", question)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _as_tuple(value, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
+
+
+def _read_registry(path: Path = REGISTRY) -> dict:
+    try:
+        reg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TinaError(f"{path}: unreadable benchmark registry ({exc})") from None
+    if not isinstance(reg, dict) or not isinstance(reg.get("benchmarks"), dict):
+        raise TinaError(f"{path}: expected a 'benchmarks' mapping")
+    return reg
+
+
+def _spec_from_entry(name: str, entry: dict, templates: dict, where: Path) -> BenchmarkSpec:
+    """A BenchmarkSpec from one registry entry, checked."""
+    if not isinstance(entry, dict):
+        raise TinaError(f"{where}: benchmark {name!r} is not a mapping")
+    unknown = set(entry) - {"path", "dataset", "config", "split", "question", "answer", "id", "extract",
+                            "choices", "distractors", "template", "think_in_prompt"}
+    if unknown:
+        raise TinaError(f"{where}: benchmark {name!r} has unknown keys {sorted(unknown)}")
+    if not entry.get("path") and not entry.get("dataset"):
+        raise TinaError(f"{where}: benchmark {name!r} needs a 'path' or a 'dataset'")
+    extract = entry.get("extract", "field")
+    if extract not in EXTRACTIONS:
+        raise TinaError(f"{where}: benchmark {name!r}: extract must be one of {list(EXTRACTIONS)}")
+    template = str(entry.get("template", "raw"))
+    template = str(templates.get(template, template))
+    return BenchmarkSpec(
+        name=name, path=entry.get("path"), dataset=entry.get("dataset"), config=entry.get("config"),
+        split=str(entry.get("split", "test")), question=_as_tuple(entry.get("question"), _DEFAULT_QUESTION),
+        answer=_as_tuple(entry.get("answer"), _DEFAULT_ANSWER), id=_as_tuple(entry.get("id"), _DEFAULT_ID),
+        extract=extract, choices=str(entry.get("choices", "choices")),
+        distractors=_as_tuple(entry.get("distractors"), ()), template=template,
+        think_in_prompt=bool(entry.get("think_in_prompt", False)),
+    )
+
+
+def registry(path: Path = REGISTRY) -> dict[str, BenchmarkSpec]:
+    """All registered benchmark specs by name."""
+    reg = _read_registry(path)
+    templates = reg.get("templates") or {}
+    return {name: _spec_from_entry(name, entry, templates, path) for name, entry in reg["benchmarks"].items()}
+
+
+def resolve_spec(name_or_path: str, registry_path: Path = REGISTRY) -> BenchmarkSpec:
+    """The spec for a registered name, `NAME=FILE` (a registered spec read from another file), or a file path."""
+    specs = registry(registry_path)
+    if "=" in name_or_path:
+        name, _, file = name_or_path.partition("=")
+        if name not in specs:
+            raise TinaError(f"{name}: unknown benchmark (known: {', '.join(sorted(specs))})")
+        return replace(specs[name], path=file, dataset=None)
+    if name_or_path in specs:
+        return specs[name_or_path]
+    p = Path(name_or_path).expanduser()
+    if p.suffix.lower() in (".jsonl", ".json", ".parquet") or p.exists():
+        return BenchmarkSpec(name=p.stem, path=str(p))
+    raise TinaError(f"{name_or_path}: unknown benchmark and no such file (known: {', '.join(sorted(specs))})")
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def _file_of(spec: BenchmarkSpec) -> Path | None:
+    """The spec's local file (relative to data/ or absolute), or None when it has none or it is absent."""
+    if not spec.path:
+        return None
+    p = Path(spec.path).expanduser()
+    for candidate in ([p] if p.is_absolute() else [DATA_DIR / p, Path.cwd() / p]):
+        if candidate.is_file():
+            return candidate
+    return None if spec.dataset else (p if p.is_absolute() else DATA_DIR / p)
+
+
+def read_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) pairs from a JSONL, JSON-list or parquet file; `where` is 'file:line' for error messages."""
+    if not path.is_file():
+        raise TinaError(f"{path}: no such benchmark file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise TinaError(f"{path}: unreadable parquet ({exc})") from None
+        return [(f"{path}:row {i}", row) for i, row in enumerate(df.to_dict("records"))]
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise TinaError(f"{path}: bad JSON ({exc})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TinaError(f"{path}: expected a JSON list of objects")
+        return [(f"{path}:item {i}", r) for i, r in enumerate(rows)]
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise TinaError(f"{path}:{lineno}: bad JSON line ({exc.args[0] if exc.args else exc})") from None
+        if not isinstance(row, dict):
+            raise TinaError(f"{path}:{lineno}: expected a JSON object")
+        out.append((f"{path}:{lineno}", row))
+    return out
+
+
+def _dataset_rows(spec: BenchmarkSpec) -> list[tuple[str, dict]]:
+    """Rows of a `datasets` id; offline or unknown -> one TinaError telling to pass a local file."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
+    except Exception as exc:  # ConnectionError offline, DatasetNotFoundError, gated access, ...
+        raise TinaError(
+            f"{spec.name}: cannot load dataset {spec.dataset!r} ({type(exc).__name__}); "
+            f"pass a local file instead: --benchmarks {spec.name}=FILE.jsonl"
+        ) from None
+    return [(f"{spec.dataset}[{spec.split}] row {i}", dict(r)) for i, r in enumerate(ds)]
+
+
+def _pick(row: dict, names: tuple[str, ...], where: str, what: str):
+    for n in names:
+        if n in row and row[n] is not None:
+            return n, row[n]
+    raise TinaError(f"{where}: missing field {' / '.join(repr(n) for n in names)} ({what}); has {sorted(row)}")
+
+
+def problem_from_row(spec: BenchmarkSpec, row: dict, index: int, where: str) -> Problem:
+    """One Problem from a raw row per the spec (pure)."""
+    _, question = _pick(row, spec.question, where, "question")
+    answer_field, raw = _pick(row, spec.answer, where, "answer")
+    ids = [n for n in spec.id if n in row and row[n] is not None]
+    pid = answer_text(row[ids[0]]) if ids else str(index)
+    question = str(question)
+    extract = spec.extract
+    if extract == "auto":
+        if spec.choices in row and isinstance(raw, int) and not isinstance(raw, bool):
+            extract = "choice_index"
+        elif isinstance(raw, str) and "####" in raw:
+            extract = "after_hashes"
+        else:
+            extract = "field"
+    if extract == "field":
+        answer = answer_text(raw)
+    elif extract == "boxed_in_field":
+        answer = last_boxed(str(raw))
+        if answer is None:
+            raise TinaError(f"{where}: field {answer_field!r} has no \\boxed{{...}} answer")
+    elif extract == "after_hashes":
+        answer = after_hashes(str(raw))
+        if answer is None:
+            raise TinaError(f"{where}: field {answer_field!r} has no '####' answer")
+    elif extract == "choice_index":
+        _, choices = _pick(row, (spec.choices,), where, "choices")
+        choices = [str(c) for c in list(choices)]
+        try:
+            idx = int(raw)
+        except (TypeError, ValueError):
+            raise TinaError(f"{where}: field {answer_field!r} is not a choice index") from None
+        if not 0 <= idx < len(choices):
+            raise TinaError(f"{where}: field {answer_field!r} = {idx} is outside the {len(choices)} choices")
+        answer, question = string.ascii_uppercase[idx], with_choices(question, choices)
+    else:  # choice_shuffle: correct text + distractors, shuffled by a seed derived from the problem id
+        wrong = [str(_pick(row, (d,), where, "distractor")[1]).strip() for d in spec.distractors]
+        options = [str(raw).strip(), *wrong]
+        order = list(range(len(options)))
+        random.Random(int(hashlib.sha256(f"{spec.name}/{pid}".encode()).hexdigest()[:8], 16)).shuffle(order)
+        answer = string.ascii_uppercase[order.index(0)]
+        question = with_choices(question, [options[i] for i in order])
+    return Problem(id=pid, question=question, answer=answer, prompt=render_prompt(spec.template, question))
+
+
+def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
+    """Load a benchmark from its spec: the local file if present, else the `datasets` id."""
+    file = _file_of(spec)
+    if file is not None:
+        rows, source = read_rows(file), str(file)
+    elif spec.dataset:
+        rows, source = _dataset_rows(spec), f"{spec.dataset}:{spec.split}"
+    else:
+        raise TinaError(f"{spec.name}: no source (neither a path nor a dataset)")
+    if not rows:
+        raise TinaError(f"{source}: no problems")
+    if limit is not None:
+        rows = rows[: max(int(limit), 0)]
+    problems = [problem_from_row(spec, row, i, where) for i, (where, row) in enumerate(rows)]
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dupe = next(i for i in ids if ids.count(i) > 1)
+        raise TinaError(f"{source}: problem id {dupe!r} appears twice")
+    return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
+                     spec=spec)
+
+
+def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:
+    """A benchmark by registered name, `NAME=FILE`, or a file path (ad hoc, default fields)."""
+    return load_spec(resolve_spec(name_or_path), limit=limit)

@@ -1,0 +1,336 @@
+"""The evaluation sweep: checkpoints x benchmarks -> graded samples (resumable parts) -> passk and format tables."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from tina_probe.benchmarks import Benchmark, load_benchmark
+from tina_probe.errors import TinaError
+from tina_probe.generate import Generator, SamplingSettings, make_generator
+from tina_probe.runs import Checkpoint, Run, discover_runs
+from tina_probe.store import Store, stable_key
+
+SUMMARY_GROUPS = ("run", "step", "kind", "benchmark", "sampling")
+SAMPLE_KEY_COLS = ["run", "step", "benchmark", "sampling", "problem_id", "sample_idx"]
+BASE_CACHE = "base_samples"  # parts of graded base completions, shared by every run with that base
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (checkpoint, benchmark, sampling settings) evaluation; `key` names its samples part."""
+
+    ckpt: Checkpoint
+    benchmark: Benchmark
+    key: str
+    gen_key: str  # who generates: the same for the step-0 base of every run that shares a base
+
+
+def sampling_label(s: SamplingSettings) -> str:
+    """A readable label of the sampling settings, kept in every table so different settings never pool."""
+    return f"n={s.n} T={s.temperature:g} top_p={s.top_p:g} max_tokens={s.max_tokens} seed={s.seed}"
+
+
+def benchmark_fingerprint(bench: Benchmark) -> str:
+    """A hash of a benchmark's problems (ids, prompts, answers): a changed file or --limit is a new unit."""
+    h = hashlib.sha256()
+    for p in bench.problems:
+        h.update(f"{p.id}\x00{p.prompt}\x00{p.answer}\x01".encode())
+    return h.hexdigest()[:16]
+
+
+def _settings_fields(s: SamplingSettings) -> list:
+    return [s.n, float(s.temperature), float(s.top_p), s.max_tokens, s.seed]
+
+
+def unit_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
+    """The stable resume key of one unit: run, step, checkpoint path, benchmark and sampling settings."""
+    return stable_key("unit", ckpt.run, ckpt.step, str(ckpt.path), bench.name, benchmark_fingerprint(bench),
+                      *_settings_fields(s))
+
+
+def generation_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
+    """Who generates a unit's completions: the base model itself for step 0 (shared across runs)."""
+    if ckpt.kind == "base":
+        return stable_key("base", ckpt.base, bench.name, benchmark_fingerprint(bench), *_settings_fields(s))
+    return unit_key(ckpt, bench, s)
+
+
+def plan_units(runs: Sequence[Run], benches: dict[str, list[Benchmark]], s: SamplingSettings) -> list[Unit]:
+    """Every unit in sweep order: per base model, the base (step 0) first, then LoRA checkpoints, then full ones."""
+    bases = list(dict.fromkeys(r.base for r in runs))
+    order = {"base": 0, "lora": 1, "full": 2}
+    ckpts = [c for r in runs for c in r.checkpoints]
+    ckpts.sort(key=lambda c: (order[c.kind], bases.index(c.base) if c.kind != "full" else 0, c.run, c.step))
+    return [
+        Unit(c, b, unit_key(c, b, s), generation_key(c, b, s)) for c in ckpts for b in benches[c.run]
+    ]
+
+
+def shard_units(units: Sequence[Unit], shard: tuple[int, int] | None) -> list[Unit]:
+    """This shard's units: generation jobs (units sharing a generation key) whose index % N == i."""
+    if shard is None:
+        return list(units)
+    i, total = shard
+    if not (0 <= i < total):
+        raise TinaError(f"shard {i}/{total}: expected 0 <= i < N")
+    jobs = list(dict.fromkeys(u.gen_key for u in units))
+    mine = {g for j, g in enumerate(jobs) if j % total == i}
+    return [u for u in units if u.gen_key in mine]
+
+
+def _benchmarks_for(runs: Sequence[Run], names: Sequence[str] | None, limit: int | None) -> dict[str, list[Benchmark]]:
+    """Load every benchmark once, before any generation, so a bad name or file fails first."""
+    cache: dict[str, Benchmark] = {}
+
+    def get(name: str) -> Benchmark:
+        if name not in cache:
+            cache[name] = load_benchmark(name, limit=limit)
+        return cache[name]
+
+    out = {}
+    for r in runs:
+        wanted = list(names) if names else _manifest_benchmarks(r)
+        out[r.name] = [get(n) for n in wanted]
+    by_name: dict[str, str] = {}
+    for key, b in cache.items():
+        if by_name.setdefault(b.name, key) != key:
+            raise TinaError(f"{key}: benchmark name {b.name!r} is also used by {by_name[b.name]!r}")
+    return out
+
+
+def _manifest_benchmarks(run: Run) -> list[str]:
+    value = run.manifest.get("eval_benchmark")
+    if not value:
+        raise TinaError(f"{run.path}: no eval_benchmark in tina_run.json; pass --benchmarks")
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+# ----------------------------------------------------------------------------- grading rows
+
+
+def think_in_prompt(rendered: str, bench: Benchmark) -> bool:
+    """Whether the completion starts inside <think>: the benchmark says so, or the rendered prompt ends with it."""
+    return bench.think_in_prompt or rendered.rstrip().endswith("<think>")
+
+
+def graded_fields(completion: str, gold, *, truncated: bool, think: bool) -> dict:
+    """The grade and format columns of one samples row (shared with `tina-probe grade`)."""
+    from tina_probe.grading import grade
+
+    g = grade(completion, gold, truncated=truncated, think_in_prompt=think)
+    f = g.format
+    return {
+        "extracted_answer": g.extracted_answer, "correct_strict": bool(g.correct_strict),
+        "correct_lenient": bool(g.correct_lenient), "think_closed": f.think_closed,
+        "boxed": int(f.n_boxed_after_think), "truncated": bool(truncated), "well_formatted": f.well_formatted,
+        "answer_tag": f.answer_tag, "think_opened": f.think_opened, "n_boxed": int(f.n_boxed),
+    }
+
+
+def grade_rows(ckpt: Checkpoint, bench: Benchmark, completions, s: SamplingSettings, *, think: bool,
+               backend: str) -> pd.DataFrame:
+    """One samples row per completion, graded (strict and lenient) and format-classified."""
+    rows = []
+    for problem, group in zip(bench.problems, completions):
+        for idx, c in enumerate(group):
+            rows.append({
+                "run": ckpt.run, "step": int(ckpt.step), "kind": ckpt.kind, "benchmark": bench.name,
+                "problem_id": str(problem.id), "sample_idx": idx, "completion": c.text,
+                **graded_fields(c.text, problem.answer, truncated=c.truncated, think=think),
+                "n_tokens": int(c.n_tokens), "answer": problem.answer, "checkpoint": str(ckpt.path),
+                "base": ckpt.base, "sampling": sampling_label(s), "n_samples": s.n,
+                "temperature": float(s.temperature), "top_p": float(s.top_p), "max_tokens": s.max_tokens,
+                "seed": s.seed, "backend": backend,
+            })
+    return pd.DataFrame(rows)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """A distinct seed per chunk of prompts, fixed by (seed, chunk) alone: reruns reproduce every chunk."""
+    return int(stable_key("chunk", seed, chunk)[:12], 16)
+
+
+def generate_unit(gen: Generator, unit: Unit, s: SamplingSettings, batch_size: int, backend: str) -> pd.DataFrame:
+    """Generate and grade one unit's completions, chunk by chunk with a progress bar."""
+    bench, ckpt = unit.benchmark, unit.ckpt
+    adapter = Path(ckpt.path) if ckpt.kind == "lora" else None
+    prompts = [p.prompt for p in bench.problems]
+    per = max(1, batch_size // max(1, s.n))
+    completions = []
+    desc = f"{ckpt.run} step {ckpt.step} {bench.name}"
+    for c, start in enumerate(tqdm(range(0, len(prompts), per), desc=desc, unit="batch", leave=False)):
+        completions += gen.generate(prompts[start : start + per], adapter=adapter, n=s.n,
+                                    temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                    seed=_chunk_seed(s.seed, c))
+    think = think_in_prompt(gen.render(prompts[0]), bench) if prompts else bench.think_in_prompt
+    return grade_rows(ckpt, bench, completions, s, think=think, backend=backend)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _todo(store: Store, u: Unit) -> bool:
+    """Whether a unit still needs generation (its part is missing and, for a base, no cached base rows)."""
+    if store.has_part("samples", u.key):
+        return False
+    return not (u.ckpt.kind == "base" and store.has_part(BASE_CACHE, u.gen_key))
+
+
+def _run_unit(store: Store, gen: Generator, u: Unit, s: SamplingSettings, batch_size: int, backend: str) -> None:
+    """Produce one unit's samples part (from the shared base cache when possible)."""
+    if store.has_part("samples", u.key):
+        return
+    if u.ckpt.kind == "base":
+        if not store.has_part(BASE_CACHE, u.gen_key):
+            rows = generate_unit(gen, u, s, batch_size, backend)
+            store.write_part(BASE_CACHE, u.gen_key, rows.drop(columns=["run"]))
+        rows = store.read_part(BASE_CACHE, u.gen_key)
+        rows.insert(0, "run", u.ckpt.run)
+    else:
+        rows = generate_unit(gen, u, s, batch_size, backend)
+    store.write_part("samples", u.key, rows)
+
+
+def _model_groups(units: Sequence[Unit]) -> list[tuple[str, str | None, list[Unit]]]:
+    """(model to load, tokenizer fallback, its units): one group per base (base + LoRA), one per full checkpoint."""
+    groups: dict[tuple[str, str | None], list[Unit]] = {}
+    for u in units:
+        key = (str(u.ckpt.path), u.ckpt.base) if u.ckpt.kind == "full" else (u.ckpt.base, None)
+        groups.setdefault(key, []).append(u)
+    return [(model, tok, us) for (model, tok), us in groups.items()]
+
+
+def sweep(store: Store, gen: Generator, units: Sequence[Unit], s: SamplingSettings, *, batch_size: int,
+          backend: str) -> int:
+    """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run."""
+    ran = 0
+    todo = {u.key for u in units if _todo(store, u)}
+    bar = tqdm(total=len(todo), desc="eval units", unit="unit")
+    for model, tokenizer, group in _model_groups(units):
+        if not any(_todo(store, u) for u in group):
+            for u in group:  # base rows cached by another run: only the per-run part is missing
+                _run_unit(store, gen, u, s, batch_size, backend)
+            continue
+        adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
+        gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
+        for u in group:
+            ran += _todo(store, u)
+            _run_unit(store, gen, u, s, batch_size, backend)
+            bar.update(u.key in todo)
+    bar.close()
+    return ran
+
+
+def summarize(store: Store) -> dict[str, pd.DataFrame]:
+    """Consolidate the samples parts present and recompute the passk and format tables from them."""
+    from tina_probe.passk import format_table, passk_table
+
+    samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS)
+    if samples.empty:
+        return {"samples": samples, "passk": pd.DataFrame(), "format": pd.DataFrame()}
+    groups = [c for c in SUMMARY_GROUPS if c in samples.columns]
+    passk = passk_table(samples, group_cols=groups)
+    fmt = format_table(samples, group_cols=groups)
+    store.write("passk", passk)
+    store.write("format", fmt)
+    return {"samples": samples, "passk": store.read("passk"), "format": store.read("format")}
+
+
+def summary_frame(tables: dict[str, pd.DataFrame], runs: Iterable[str], sampling: str | None = None) -> pd.DataFrame:
+    """Per run, benchmark and step: pass@1 strict/lenient with CIs, format rate, mean tokens, best checkpoint."""
+    passk, fmt = tables["passk"], tables["format"]
+    if passk.empty:
+        return pd.DataFrame()
+    p1 = passk[(passk["k"] == 1) & passk["run"].isin(list(runs))]
+    if sampling is not None and "sampling" in p1.columns:
+        p1 = p1[p1["sampling"] == sampling]
+    keys = ["run", "benchmark", "step", "kind"]
+    wide = p1.pivot_table(index=keys, columns="grading", values=["value", "ci_low", "ci_high"], aggfunc="first")
+    wide.columns = [f"{g}_{v}" for v, g in wide.columns]
+    wide = wide.reset_index()
+    f = fmt[fmt["metric"].isin(["format_rate", "mean_tokens"])]
+    if sampling is not None and "sampling" in f.columns:
+        f = f[f["sampling"] == sampling]
+    f = f.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
+    out = wide.merge(f, on=keys, how="left").sort_values(["run", "benchmark", "step"]).reset_index(drop=True)
+    best = out.groupby(["run", "benchmark"])["strict_value"].transform("max")
+    out["best"] = (out["strict_value"] == best) & (out["kind"] != "base")
+    first_best = out[out["best"]].groupby(["run", "benchmark"]).head(1).index
+    out["best"] = out.index.isin(first_best)
+    return out
+
+
+def print_summary(summary: pd.DataFrame) -> None:
+    """One rich table per run: step, pass@1 strict and lenient with CIs, format rate, mean length; best marked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if summary.empty:
+        return
+    console = Console()
+
+    def ci(row, g):
+        return f"{row[f'{g}_value']:.3f} [{row[f'{g}_ci_low']:.2f}, {row[f'{g}_ci_high']:.2f}]"
+
+    for run, frame in summary.groupby("run", sort=False):
+        table = Table(title=f"{run}: pass@1 (95% CI)")
+        for col in ("benchmark", "step", "kind", "strict", "lenient", "format rate", "mean tokens", "best"):
+            table.add_column(col)
+        for _, row in frame.iterrows():
+            table.add_row(str(row["benchmark"]), str(row["step"]), str(row["kind"]), ci(row, "strict"),
+                          ci(row, "lenient"), f"{row.get('format_rate', float('nan')):.3f}",
+                          f"{row.get('mean_tokens', float('nan')):.1f}", "*" if row["best"] else "")
+        console.print(table)
+
+
+def run_eval(
+    ckpts: list[str],
+    *,
+    benchmarks: list[str] | None = None,
+    n: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_tokens: int = 64,
+    seed: int = 0,
+    backend: str = "hf",
+    out: Path = Path("results"),
+    steps=None,
+    shard: tuple[int, int] | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    generator: Generator | None = None,
+    show: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Evaluate the base (step 0) and every checkpoint of the runs; resumable; returns samples, passk, format."""
+    if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise TinaError("sampling: need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1")
+    settings = SamplingSettings(n=int(n), temperature=float(temperature), top_p=float(top_p),
+                                max_tokens=int(max_tokens), seed=int(seed))
+    runs = discover_runs(ckpts, steps=steps)
+    if not any(r.checkpoints for r in runs):
+        raise TinaError(f"{', '.join(map(str, ckpts))}: no checkpoints to evaluate")
+    benches = _benchmarks_for(runs, benchmarks, limit)
+    units = shard_units(plan_units(runs, benches, settings), shard)
+    store = Store(out)
+    gen = generator
+    if gen is None and any(_todo(store, u) for u in units):
+        gen = make_generator(backend, batch_size=batch_size)
+    try:
+        if gen is not None:
+            sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
+        else:  # everything was generated already: only per-run copies of shared base rows may be missing
+            for u in units:
+                _run_unit(store, None, u, settings, batch_size, backend)  # type: ignore[arg-type]
+    finally:
+        if gen is not None and generator is None:
+            gen.close()
+    tables = summarize(store)
+    if show:
+        print_summary(summary_frame(tables, [r.name for r in runs], sampling_label(settings)))
+    return tables

@@ -1,0 +1,323 @@
+"""Run and checkpoint discovery: runs/<name>/checkpoint-N folders, their kind, base model and training log."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from safetensors import safe_open
+
+from tina_probe.errors import TinaError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "tina_run.json"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One evaluable model of a run: the base (step 0) or a LoRA / full checkpoint."""
+
+    run: str
+    step: int
+    kind: str  # "base" | "lora" | "full"
+    path: Path  # checkpoint folder; for the base: the base model folder or hub id
+    base: str  # base model path or hub id of the run
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run: its manifest and its checkpoints, the base first as step 0."""
+
+    name: str
+    path: Path
+    kind: str  # "lora" | "full"
+    base: str
+    manifest: dict = field(default_factory=dict)
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+
+# ----------------------------------------------------------------------------- small readers
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a file, or a TinaError naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise TinaError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise TinaError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _safetensors_ok(path: Path) -> str | None:
+    """None when the safetensors header parses and the file is long enough for it; else the reason."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError for every parse failure
+        return f"{path.name}: {exc}"
+    return None
+
+
+def _weights_problem(folder: Path, kind: str) -> str | None:
+    """Why a checkpoint's weights are unusable (missing, truncated, missing config), or None when fine."""
+    if kind == "lora":
+        if not (folder / "adapter_config.json").is_file():
+            return "adapter_config.json missing"
+        return _safetensors_ok(folder / "adapter_model.safetensors")
+    if not (folder / "config.json").is_file():
+        return "config.json missing"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        except TinaError as exc:
+            return str(exc)
+        if not shards:
+            return "model.safetensors.index.json has no weight_map"
+        for shard in shards:
+            if not (folder / shard).is_file():
+                return f"shard {shard} missing"
+            problem = _safetensors_ok(folder / shard)
+            if problem:
+                return problem
+        return None
+    return _safetensors_ok(folder / "model.safetensors")
+
+
+def checkpoint_kind(folder: Path) -> str | None:
+    """'lora' or 'full' from the files in a folder, or None when it holds no weights at all."""
+    folder = Path(folder)
+    if (folder / "adapter_model.safetensors").exists() or (folder / "adapter_config.json").exists():
+        return "lora"
+    if (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists():
+        return "full"
+    return None
+
+
+def resolve_base(base: str, anchors: list[Path]) -> str:
+    """An absolute path for a relative base that exists under cwd or an anchor folder; else unchanged (hub id)."""
+    p = Path(base).expanduser()
+    if p.is_absolute():
+        return str(p.resolve())
+    for anchor in [Path.cwd(), *anchors]:
+        candidate = anchor / p
+        if candidate.exists():
+            return str(candidate.resolve())
+    return base
+
+
+def _adapter_base(folder: Path) -> str | None:
+    """base_model_name_or_path of an adapter folder (None when absent or unreadable)."""
+    try:
+        return _read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+    except TinaError:
+        return None
+
+
+def _step_of(folder: Path) -> int | None:
+    """Step from a checkpoint-N folder name, else from its trainer_state.json global_step."""
+    m = _CKPT_RE.match(folder.name)
+    if m:
+        return int(m.group(1))
+    state = folder / "trainer_state.json"
+    if state.is_file():
+        try:
+            return int(_read_json(state).get("global_step"))
+        except (TinaError, TypeError, ValueError):
+            return None
+    return None
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _expand(paths) -> list[Path]:
+    """Paths with globs expanded, in the given order, without repeats."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: list[Path] = []
+    for raw in paths:
+        raw = str(raw)
+        matches = sorted(glob.glob(raw)) if any(ch in raw for ch in "*?[") else [raw]
+        if not matches:
+            raise TinaError(f"{raw}: no file or folder matches")
+        for m in matches:
+            p = Path(m).expanduser()
+            if not p.exists():
+                raise TinaError(f"{p}: no such file or folder")
+            p = p.resolve()
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def _is_run_dir(p: Path) -> bool:
+    """A run folder: has a manifest or checkpoint-N subfolders."""
+    return (p / MANIFEST).is_file() or any(_CKPT_RE.match(c.name) and c.is_dir() for c in p.iterdir())
+
+
+def _checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The checkpoint-N subfolders of a run, sorted by step."""
+    found = [c for c in run_dir.iterdir() if c.is_dir() and _CKPT_RE.match(c.name)]
+    return sorted(found, key=lambda c: int(_CKPT_RE.match(c.name).group(1)))
+
+
+def _run_base(run_dir: Path, manifest: dict, folders: list[Path]) -> str:
+    """The run's base: the manifest's `base`, else the first readable adapter_config's base_model_name_or_path."""
+    anchors = [run_dir, run_dir.parent]
+    if manifest.get("base"):
+        return resolve_base(str(manifest["base"]), anchors)
+    for f in folders:
+        b = _adapter_base(f)
+        if b:
+            return resolve_base(b, [*anchors, f])
+    raise TinaError(f"{run_dir}: cannot tell the base model (no {MANIFEST} with 'base', no adapter_config.json)")
+
+
+def _checkpoint_of(run: str, base: str, folder: Path, run_dir: Path) -> Checkpoint | None:
+    """A checked Checkpoint for one folder, or None (with one warning line) when it is incomplete or corrupt."""
+    kind = checkpoint_kind(folder)
+    if kind is None:
+        log.warning("skipping %s: no weights (incomplete checkpoint)", folder)
+        return None
+    problem = _weights_problem(folder, kind)
+    if problem:
+        log.warning("skipping %s: %s", folder, problem)
+        return None
+    step = _step_of(folder)
+    if step is None:
+        log.info("%s: no step in its name or trainer_state.json; calling it step 1", folder)
+        step = 1
+    if kind == "lora":
+        own = _adapter_base(folder)
+        if own and resolve_base(own, [run_dir, run_dir.parent, folder]) != base:
+            log.warning("skipping %s: adapter was made for base %r, not the run's base %r", folder, own, base)
+            return None
+    return Checkpoint(run=run, step=step, kind=kind, path=folder, base=base)
+
+
+def _load_run(run_dir: Path, only: list[Path] | None, steps) -> Run:
+    """A Run from its folder; `only` restricts to some checkpoint folders; `steps` to some steps."""
+    manifest = _read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else {}
+    folders = only if only is not None else _checkpoint_folders(run_dir)
+    name = str(manifest.get("name") or run_dir.name)
+    base = _run_base(run_dir, manifest, folders)
+    ckpts = [c for f in folders if (c := _checkpoint_of(name, base, f, run_dir)) is not None]
+    if steps is not None:
+        wanted = {int(s) for s in steps}
+        ckpts = [c for c in ckpts if c.step in wanted]
+    ckpts.sort(key=lambda c: c.step)
+    kinds = {c.kind for c in ckpts}
+    kind = str(manifest.get("kind") or (kinds.pop() if len(kinds) == 1 else "lora" if "lora" in kinds else "full"))
+    base_ckpt = Checkpoint(run=name, step=0, kind="base", path=Path(base), base=base)
+    include_base = steps is None or 0 in {int(s) for s in steps}
+    ckpts = [c for c in ckpts if c.step != 0]  # step 0 is the base by convention
+    return Run(
+        name=name, path=run_dir, kind=kind, base=base, manifest=manifest,
+        checkpoints=tuple(([base_ckpt] if include_base else []) + ckpts),
+    )
+
+
+def discover_runs(paths, steps=None) -> list[Run]:
+    """Runs from run folders, single checkpoint folders and globs; the base is prepended as step 0.
+
+    Corrupt or incomplete checkpoints are skipped with one warning line each."""
+    run_dirs: dict[Path, list[Path] | None] = {}
+    for p in _expand(paths):
+        if not p.is_dir():
+            raise TinaError(f"{p}: not a folder (expected a run folder or a checkpoint folder)")
+        if not _CKPT_RE.match(p.name) and _is_run_dir(p):
+            # a run folder (the trainer's final save may also sit at its top: checkpoint-N are what count)
+            run_dirs[p] = None
+        elif checkpoint_kind(p) is not None or _CKPT_RE.match(p.name):
+            # a checkpoint-N folder (or one beside a manifest) belongs to its parent run; a lone model
+            # folder (e.g. a downloaded adapter) is a run of its own
+            in_run = _CKPT_RE.match(p.name) or (p.parent / MANIFEST).is_file()
+            parent = p.parent if in_run else p
+            if run_dirs.get(parent, []) is None:
+                continue  # the whole run was asked for already
+            run_dirs.setdefault(parent, []).append(p)
+        else:
+            raise TinaError(f"{p}: neither a run folder ({MANIFEST} or checkpoint-N inside) nor a checkpoint")
+    runs = [_load_run(d, only, steps) for d, only in run_dirs.items()]
+    names = [r.name for r in runs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise TinaError(f"{sorted(dupes)[0]}: two run folders share this run name")
+    return runs
+
+
+# ----------------------------------------------------------------------------- training log
+
+_RENAMES = {
+    "completions/mean_length": "completion_length",
+    "completion_length": "completion_length",
+    "completions/clipped_ratio": "clipped_ratio",
+}
+
+
+def unify_metric_name(name: str) -> str:
+    """One name per metric across TRL versions (rewards/<f>/mean and rewards/<f> -> <f>_reward, ...)."""
+    if name in _RENAMES:
+        return _RENAMES[name]
+    m = re.fullmatch(r"rewards/(.+?)(/mean|/std)?", name)
+    if m:
+        func = m.group(1)
+        stem = func if func.endswith("_reward") else f"{func}_reward"
+        return stem + ("_std" if m.group(2) == "/std" else "")
+    if name.startswith("completions/"):
+        return "completion_" + name.split("/", 1)[1]
+    return name
+
+
+def _newest_state(run_dir: Path) -> Path | None:
+    """The trainer_state.json with the largest global_step among the run folder and its checkpoints."""
+    candidates = [run_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in _checkpoint_folders(run_dir)]
+    best, best_step = None, -1
+    for c in candidates:
+        if not c.is_file():
+            continue
+        try:
+            step = int(_read_json(c).get("global_step", -1))
+        except (TinaError, TypeError, ValueError):
+            log.warning("skipping %s: unreadable trainer state", c)
+            continue
+        if step >= best_step:
+            best, best_step = c, step
+    return best
+
+
+def log_history_frame(log_history: list[dict]) -> pd.DataFrame:
+    """Tidy (step, metric, value) rows from a trainer log_history, metric names unified; last value wins."""
+    rows = []
+    for entry in log_history:
+        if "step" not in entry:
+            continue
+        for key, value in entry.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            rows.append((int(entry["step"]), unify_metric_name(key), float(value)))
+    df = pd.DataFrame(rows, columns=["step", "metric", "value"])
+    df = df.drop_duplicates(subset=["step", "metric"], keep="last")
+    return df.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
+
+
+def training_log(run_dir) -> pd.DataFrame:
+    """The run's training curves from the newest trainer_state.json: DataFrame[step, metric, value]."""
+    run_dir = Path(run_dir)
+    state = _newest_state(run_dir)
+    if state is None:
+        raise TinaError(f"{run_dir}: no trainer_state.json in the run or its checkpoints")
+    history = _read_json(state).get("log_history", [])
+    if not isinstance(history, list):
+        raise TinaError(f"{state}: log_history is not a list")
+    return log_history_frame(history)

@@ -1,0 +1,155 @@
+"""The results store: one folder of parquet tables, written atomically, with per-unit parts for resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entry table so a rename survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's mode, else 0666 minus the process umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write through `write(tmp_path)` into a temp file beside `path`, fsync it, then os.replace it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep the mode a plain open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write bytes so that a crash leaves either the old file or the new one, never a torn one."""
+    return _atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> Path:
+    """Write text atomically (see atomic_write_bytes)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: Path | str, obj) -> Path:
+    """Write an object as indented JSON atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_parquet(path: Path | str, df: pd.DataFrame) -> Path:
+    """Write a DataFrame as parquet atomically (index dropped)."""
+    return _atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def safe_key(key: str) -> str:
+    """A file-name-safe form of a part key; unsafe keys get a short hash so distinct keys stay distinct."""
+    cleaned = _SAFE.sub("_", key)[:120]
+    if cleaned == key:
+        return key
+    return f"{cleaned}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def stable_key(*fields) -> str:
+    """A short stable hash of some JSON-able fields, used as a resume key."""
+    blob = json.dumps([str(f) if isinstance(f, Path) else f for f in fields], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class Store:
+    """One folder of parquet tables: <root>/<table>.parquet; resume parts in <root>/.parts/<table>/<key>.parquet."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def table_path(self, table: str) -> Path:
+        """Where a consolidated table lives."""
+        return self.root / f"{table}.parquet"
+
+    def _part_dir(self, table: str) -> Path:
+        return self.root / ".parts" / table
+
+    def part_path(self, table: str, key: str) -> Path:
+        """Where one part of a table lives."""
+        return self._part_dir(table) / f"{safe_key(key)}.parquet"
+
+    def read(self, table: str) -> pd.DataFrame:
+        """The consolidated table, or an empty DataFrame when it was never written."""
+        path = self.table_path(table)
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+    def write(self, table: str, df: pd.DataFrame) -> Path:
+        """Replace a whole table atomically."""
+        return atomic_write_parquet(self.table_path(table), df)
+
+    def write_part(self, table: str, key: str, df: pd.DataFrame) -> Path:
+        """Write one unit's rows atomically; its presence marks the unit as done."""
+        return atomic_write_parquet(self.part_path(table, key), df)
+
+    def has_part(self, table: str, key: str) -> bool:
+        """Whether the part for `key` was written."""
+        return self.part_path(table, key).exists()
+
+    def read_part(self, table: str, key: str) -> pd.DataFrame:
+        """One part's rows."""
+        return pd.read_parquet(self.part_path(table, key))
+
+    def part_keys(self, table: str) -> set[str]:
+        """The (file-safe) keys of the parts written so far; temp files of interrupted writes are ignored."""
+        folder = self._part_dir(table)
+        if not folder.is_dir():
+            return set()
+        return {p.stem for p in folder.glob("*.parquet") if not p.name.startswith(".")}
+
+    def consolidate(self, table: str, key_cols: list[str] | None = None,
+                    sort_by: list[str] | None = None) -> pd.DataFrame:
+        """Concatenate the parts present (in key order), drop duplicate rows, write the table atomically.
+
+        Duplicates are judged on `key_cols` when given (the last part wins), else on whole rows;
+        `sort_by` orders the rows (stable) before writing."""
+        keys = sorted(self.part_keys(table))
+        frames = [pd.read_parquet(self._part_dir(table) / f"{k}.parquet") for k in keys]
+        frames = [f for f in frames if len(f.columns)]
+        if not frames:
+            return pd.DataFrame()
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+        subset = [c for c in key_cols if c in df.columns] if key_cols else None
+        df = df.drop_duplicates(subset=subset or None, keep="last")
+        if sort_by:
+            df = df.sort_values([c for c in sort_by if c in df.columns], kind="stable")
+        self.write(table, df.reset_index(drop=True))
+        return self.read(table)  # as stored: dtypes exactly as every later reader sees them
