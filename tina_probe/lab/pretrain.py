@@ -29,20 +29,20 @@ class PretrainConfig:
     level: int = 1
     formatted_share: float = 0.3
     leak: float = 0.1
-    facts_share: float = 0.15
+    facts_share: float = 0.3
     hidden_size: int = 192
     intermediate_size: int = 768
     num_layers: int = 4
     num_heads: int = 6
     num_kv_heads: int = 2
-    max_steps: int = 4000
-    max_minutes: float = 9.0
+    max_steps: int = 1100
+    max_minutes: float = 40.0
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, eos_id: int) -> Qwen2ForCausalLM:

@@ -168,7 +168,7 @@ class Fact:
         return row
 
 
-def make_facts(n_entities: int = 60, seed: int = 7) -> list[Fact]:
+def make_facts(n_entities: int = 40, seed: int = 7) -> list[Fact]:
     """Entities with random names and one value per attribute."""
     rng = random.Random(seed)
     names: set[str] = set()
