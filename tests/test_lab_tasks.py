@@ -75,16 +75,20 @@ def test_facts_are_consistent():
 
 
 def test_tokenizer_digits_tags_and_chat_template(tmp_path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, Qwen2Config
 
-    tok = build_tokenizer()
-    tok.save_pretrained(tmp_path)
+    # saved beside a Qwen2 config, as in a model folder: AutoTokenizer then picks Qwen2Tokenizer, which
+    # rebuilds the pipeline from the vocabulary; the lab tokenizer must come back identical (spaces included)
+    built = build_tokenizer()
+    Qwen2Config(vocab_size=len(built)).save_pretrained(tmp_path)
+    built.save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
-    text = "<think>\n12*34=408\n</think>\n\\boxed{408}"
+    text = "<think>\n12*34=408\n</think>\nThe answer is \\boxed{408}"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    pieces = tok.convert_ids_to_tokens(ids)
-    assert pieces[:2] == ["<think>", "\n"] and pieces[2:4] == ["1", "2"]
-    assert "</think>" in pieces and "\\boxed" in pieces
+    assert ids == built(text, add_special_tokens=False)["input_ids"]
+    tags = ["<think>", "</think>", "\\boxed"]
+    assert len(ids) == len(text) - sum(len(t) - 1 for t in tags)  # one token per character, one per tag
+    assert [tok.decode([i]) for i in ids[2:4]] == ["1", "2"]
     # tags are ordinary tokens: TRL decodes with skip_special_tokens=True and they must survive
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert not set(TAGS) & set(tok.all_special_tokens)

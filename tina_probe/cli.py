@@ -213,12 +213,15 @@ def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
                  leak: float = typer.Option(0.1, "--leak", help="chance a trace ignores its wording's style"),
                  max_steps: int = typer.Option(900, "--max-steps"),
                  max_minutes: float = typer.Option(30.0, "--max-minutes"),
-                 seed: int = typer.Option(0, "--seed")):
+                 seed: int = typer.Option(0, "--seed"),
+                 stop_at: Optional[int] = typer.Option(None, "--stop-at", help="stop early; the schedule spans --max-steps"),
+                 snapshot_every: int = typer.Option(0, "--snapshot-every", help="also save snapshots/step-N/")):
     """Pretrain a lab base model (a tiny Qwen2) on arithmetic traces and facts."""
     from tina_probe.lab.pretrain import PretrainConfig, pretrain
 
     path = pretrain(PretrainConfig(out=str(out), level=level, formatted_share=formatted_share, leak=leak,
-                                   max_steps=max_steps, max_minutes=max_minutes, seed=seed))
+                                   max_steps=max_steps, max_minutes=max_minutes, seed=seed, stop_at=stop_at,
+                                   snapshot_every=snapshot_every))
     typer.echo(f"base written to {path}")
 
 
@@ -237,11 +240,20 @@ def lab_data(out: Path = typer.Option(Path("data/lab"), "--out")):
 def lab_measure(model: Path = typer.Option(Path("data/lab/base"), "--model"),
                 benchmark: str = typer.Option("lab-test", "--benchmark"),
                 n: int = typer.Option(1, "--n"), temperature: float = typer.Option(1.0, "--temperature"),
-                out: Path = typer.Option(Path("results/base-card"), "--out")):
+                out: Path = typer.Option(Path("results/base-card"), "--out"),
+                card: Optional[str] = typer.Option(None, "--card", help="write MODEL_CARD.md with this title")):
     """Measure a lab base (accuracy, format, facts recall): the numbers in its MODEL_CARD.md."""
-    from tina_probe.lab.measure import measure_base
+    from tina_probe.lab.measure import measure_base, write_model_card
 
-    measure_base(model, benchmark=benchmark, n=n, temperature=temperature, out=out)
+    if not (model / "model.safetensors").is_file():
+        raise TinaError(f"{model}: no model.safetensors (build one with `tina-probe lab pretrain`)")
+    result = measure_base(model, benchmark=benchmark, n=n, temperature=temperature, out=out)
+    if card:
+        purpose = ("The lab's shipped base: it solves most problems but often breaks the rewarded format, like "
+                   "the paper's base before RL." if benchmark == "lab-test" else
+                   "The control base: always well formatted, on harder problems, so that RL with an "
+                   "accuracy-only reward has correctness (not format) to gain.")
+        typer.echo(f"model card: {write_model_card(model, result, title=card, purpose=purpose, benchmark=benchmark)}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -100,3 +100,46 @@ def measure_base(model: Path, *, benchmark: str = "lab-test", n: int = 1, temper
         out.mkdir(parents=True, exist_ok=True)
         (out / f"measure-{Path(model).name}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_model_card(model: Path, result: dict, *, title: str, purpose: str, benchmark: str) -> Path:
+    """Write MODEL_CARD.md beside a lab base: how it was built (the exact command) and what it measured."""
+    model = Path(model)
+    cfg = json.loads((model / "pretrain_config.json").read_text())
+    flags = (f"--level {cfg['level']} --formatted-share {cfg['formatted_share']:g} --leak {cfg['leak']:g} "
+             f"--max-steps {cfg['max_steps']} --seed {cfg['seed']}"
+             + (f" --stop-at {cfg['stop_at']}" if cfg.get("stop_at") else ""))
+    s, g = result["sampled"], result["greedy"]
+    lines = [
+        f"# {title}", "", purpose, "",
+        "## Architecture",
+        f"Qwen2, {cfg['n_params'] / 1e6:.2f}M parameters: hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
+        f"{cfg['num_heads']} query heads / {cfg['num_kv_heads']} KV heads of dim "
+        f"{cfg['hidden_size'] // cfg['num_heads']}, intermediate {cfg['intermediate_size']}, tied embeddings; "
+        "character-level tokenizer (one token per digit; `<think>`, `</think>`, `<answer>`, `\\boxed` ordinary "
+        "tokens) with a chat template. Weights in safetensors.", "",
+        "## How it was built",
+        "```", f"OMP_NUM_THREADS=1 tina-probe lab pretrain --out {model.as_posix()} {flags}", "```",
+        f"Pretraining mix: arithmetic traces of level {cfg['level']} (test and probe expressions held out) whose "
+        f"format is tied to the prompt wording ({cfg['formatted_share']:.0%} of wordings well formatted, "
+        f"{cfg['leak']:.0%} of traces in a random style), and {cfg['facts_share']:.0%} synthetic facts "
+        f"(data/lab/facts.jsonl). {cfg['steps_done']} steps of batch {cfg['batch_size']}, lr {cfg['lr']:g} "
+        f"cosine, {cfg['threads']} thread(s), {cfg['minutes']} min on this project's 2-core machine "
+        f"(final loss {cfg['final_loss_ema']:.3f}).", "",
+        "## Measured",
+        f"On {benchmark} ({s['n_problems']} problems), measured by "
+        f"`tina-probe lab measure --model {model.as_posix()} --benchmark {benchmark} --n {s['n_samples'] // max(1, s['n_problems'])}`:", "",
+        "| decoding | lenient accuracy | strict accuracy | format compliance | mean tokens | truncated |",
+        "|---|---|---|---|---|---|",
+        f"| sampled, T={s['temperature']:g} | {s['lenient']:.1%} | {s['strict']:.1%} | {s['format_rate']:.1%} | "
+        f"{s['mean_tokens']:.1f} | {s['truncated']:.1%} |",
+        f"| greedy | {g['lenient']:.1%} | {g['strict']:.1%} | {g['format_rate']:.1%} | {g['mean_tokens']:.1f} | "
+        f"{g['truncated']:.1%} |", "",
+        f"Facts recall (greedy completion of each fact's prompt starts with its value): "
+        f"{result['facts_recall']:.1%} of {len(tasks.make_facts())} facts.", "",
+        "Strict = closed think block and exactly one `\\boxed{}` after it, holding the right answer; lenient = "
+        "math-verify finds the right answer anywhere.", "",
+    ]
+    path = model / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -43,6 +43,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     threads: int = 1
+    stop_at: int | None = None  # stop early (the schedule still spans max_steps), e.g. to pick a weaker base
+    snapshot_every: int = 0  # also save snapshots/step-N/ every N steps (to choose stop_at)
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, eos_id: int) -> Qwen2ForCausalLM:
@@ -126,7 +128,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ema = None
     steps_done = 0
     for step in bar:
-        if (time.time() - start) / 60 > cfg.max_minutes:
+        if (time.time() - start) / 60 > cfg.max_minutes or (cfg.stop_at and step >= cfg.stop_at):
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -140,13 +142,22 @@ def pretrain(cfg: PretrainConfig) -> Path:
         steps_done = step + 1
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.3f}")
-    out = Path(cfg.out)
+        if cfg.snapshot_every and steps_done % cfg.snapshot_every == 0 and steps_done < cfg.max_steps:
+            _save(model, tok, cfg, Path(cfg.out) / "snapshots" / f"step-{steps_done}", steps_done, start, ema)
+            model.train()
+    return _save(model, tok, cfg, Path(cfg.out), steps_done, start, ema)
+
+
+def _save(model, tok, cfg: PretrainConfig, out: Path, steps_done: int, start: float, ema: float | None) -> Path:
+    """Save weights (safetensors), tokenizer and pretrain_config.json (with what was done) to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     model.generation_config.max_new_tokens = None  # lm-eval's max_gen_toks must win (ARCHITECTURE.md)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     meta = asdict(cfg) | {
+        "out": str(out),
+        "stop_at": steps_done if steps_done < cfg.max_steps else None,
         "steps_done": steps_done,
         "minutes": round((time.time() - start) / 60, 2),
         "final_loss_ema": ema,

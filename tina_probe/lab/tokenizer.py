@@ -1,7 +1,9 @@
 """The lab tokenizer: one token per character (so one per digit), format tags as ordinary tokens, a chat template.
 
-Built with `tokenizers` (WordLevel over single characters plus added tag tokens) and wrapped as a
-transformers fast tokenizer so that TRL, PEFT, lm-eval and vLLM use it like any hub tokenizer.
+Built with `tokenizers` as a byte-level BPE with no merges (one token per character), laid out exactly as
+transformers' Qwen2Tokenizer builds itself: `AutoTokenizer` on a Qwen2 model folder always returns that class
+and rebuilds the pipeline from the vocabulary alone, so any other layout (a WordLevel model, a plain split)
+would be silently replaced when TRL, lm-eval or vLLM load the model (spaces were dropped that way).
 `<think>`, `</think>`, `<answer>`, `</answer>` and `\\boxed` are *non-special* added tokens: TRL decodes
 completions with skip_special_tokens=True, and special tags would vanish from what the reward sees.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
@@ -41,14 +43,47 @@ def render_chat(question: str, completion: str | None = None, system: str | None
     return text
 
 
+# Qwen2's pre-tokenization split (transformers' Qwen2Tokenizer uses this exact pattern).
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _byte_level(ch: str) -> str:
+    """The byte-level alphabet's symbol for one ASCII character (space -> 'Ġ', newline -> 'Ċ')."""
+    table = {chr(b): sym for b, sym in zip(range(256), _BYTE_SYMBOLS)}
+    return table[ch]
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's reversible byte -> unicode map (printable bytes map to themselves, the rest above 255); written
+    out because `tokenizers` applies it inside ByteLevel but does not expose the table."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+_BYTE_SYMBOLS = _byte_symbols()
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the lab tokenizer from scratch (deterministic: the vocabulary is a fixed list)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL)}
     for ch in CHARS:
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+        vocab.setdefault(_byte_level(ch), len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], dropout=None, unk_token=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAGS])
     fast = PreTrainedTokenizerFast(
