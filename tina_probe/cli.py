@@ -139,11 +139,12 @@ def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List
 @user_errors
 def retention(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"),
               probes: Optional[List[str]] = typer.Option(None, "--probes", help="probe names, comma separated"),
+              limit: Optional[int] = typer.Option(None, "--limit", help="first N documents / windows / prompts"),
               out: Path = OUT):
     """Knowledge-retention probes (lm-eval tasks, KL to the base, perplexity) -> retention table."""
     from analysis.retention import run_retention
 
-    run_retention(_expand(ckpts + (more or [])), probes=_split(probes), out=out)
+    run_retention(_expand(ckpts + (more or [])), probes=_split(probes), out=out, limit=limit)
 
 
 @app.command()

@@ -34,7 +34,8 @@ class StudyPlan:
     eval_n: int = 4
     eval_limit: int | None = None
     parallel: int = 2
-    probes: tuple[str, ...] = ("lab_facts_mc", "kl_general", "ppl_general", "kl_task")
+    probes: tuple[str, ...] = ("lab_facts_gen", "lab_facts_mc", "kl_general", "ppl_general", "kl_task")
+    probe_limit: int | None = 64
     extra: dict = field(default_factory=dict)
 
 
@@ -45,7 +46,7 @@ FULL = StudyPlan(
 QUICK = StudyPlan(
     recipes=("lab-lora-r8", "lab-full"),
     overrides=("grpo.max_steps=16", "grpo.save_steps=4"),
-    name_suffix="-quick", eval_n=2, eval_limit=24, probes=("kl_general", "kl_task"),
+    name_suffix="-quick", eval_n=2, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16,
 )
 
 
@@ -195,7 +196,8 @@ def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path
     console.rule("update spectra")
     run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
     console.rule("retention probes")
-    run_cli("retention", "--ckpts", *ckpts, "--probes", ",".join(plan.probes), "--out", str(out))
+    run_cli("retention", "--ckpts", *ckpts, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
+            "--out", str(out))
     console.rule("phase transitions, hypothesis, report")
     run_cli("phase", "--runs", *ckpts, "--out", str(out))
     run_cli("hypothesis", "--out", str(out))

@@ -239,7 +239,7 @@ def write_lab_data(data_dir: Path) -> dict[str, Path]:
     """Write every shipped lab data file (splits of level 1 and 2, facts, general text)."""
     data_dir = Path(data_dir)
     written = {}
-    for level, suffix in ((1, ""), (2, "-hard")):
+    for level, suffix in ((1, ""), (3, "-hard")):
         splits = make_splits(level)
         for split, rows in splits.items():
             p = data_dir / f"{split}{suffix}.jsonl"
