@@ -34,7 +34,7 @@ demo: setup
 	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab
 
 test: setup browser-deps
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --timeout-method=thread tests
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=900 --timeout-method=thread tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

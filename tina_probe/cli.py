@@ -186,6 +186,7 @@ def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
         raise TinaError(f"{script}: the explorer script is missing from this installation")
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
            "--", "--out", str(out.resolve())]
     typer.echo(f"explorer at http://127.0.0.1:{port}  (results: {out})")
     raise typer.Exit(subprocess.call(cmd))
