@@ -230,8 +230,12 @@ def format_first_claim(run: str, phases: pd.DataFrame, curve_status: dict, bench
 
 def tost(diff: float, se: float, margin: float, alpha: float = ALPHA) -> tuple[float, float, float]:
     """Two one-sided z tests of |diff| < margin: (p, low, high) with the (1 - 2 alpha) CI that matches them."""
-    if not (np.isfinite(se) and se > 0):
+    if not np.isfinite(se) or se < 0:
         return math.nan, math.nan, math.nan
+    if se == 0:
+        # a degenerate stderr (e.g. every probe item right before and after, greedy): the change is exact on
+        # this item set, so it lies within the margin or not with certainty
+        return (0.0 if abs(diff) < margin else 1.0), diff, diff
     p_low = stats.norm.sf((diff + margin) / se)  # H0: diff <= -margin
     p_high = stats.norm.cdf((diff - margin) / se)  # H0: diff >= +margin
     z = Z(1 - alpha)
