@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +56,25 @@ def plan_batches(adapters: Sequence[Path | None], max_loras: int) -> list[list[i
     return batches
 
 
+@contextmanager
+def _process_state_kept():
+    """Undo what an in-process vLLM engine does to its host process: it seeds the global RNGs and disables
+    torch.set_num_threads (its CPU worker assumes a process of its own)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    set_threads, states = torch.set_num_threads, (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 def _import_vllm():
     try:
         import vllm
@@ -69,8 +90,9 @@ class VLLMGenerator:
     """vllm.LLM(enable_lora=True) per base; LoRA adapters as LoRARequests; float32 on CPU."""
 
     def __init__(self, *, dtype: str | None = None, max_model_len: int | None = None,
-                 max_loras: int | None = None, **llm_kwargs):
+                 max_loras: int | None = None, in_process: bool | None = None, **llm_kwargs):
         self.dtype = dtype
+        self.in_process = in_process  # None: on CPU (spawning engine and worker processes costs minutes there)
         self.max_loras_cap = max_loras  # None: distinct adapters + 1 (every adapter resident at once)
         self.max_model_len = max_model_len
         self.llm_kwargs = llm_kwargs
@@ -92,7 +114,7 @@ class VLLMGenerator:
         ranks = [adapter_rank(Path(a)) for a in adapters]
         # >= distinct adapters + 1 by default; a cap (GPU memory) stays safe because plan_batches keeps a slot free
         # and never mixes base and LoRA prompts in one call
-        self.max_loras = len({str(a) for a in adapters}) + 1
+        self.max_loras = max(2, len({str(a) for a in adapters}) + 1)  # plan_batches needs >= 2, even without LoRA
         if self.max_loras_cap:
             self.max_loras = max(2, min(self.max_loras, int(self.max_loras_cap)))
         on_cpu = not torch.cuda.is_available()
@@ -107,8 +129,17 @@ class VLLMGenerator:
                           max_cpu_loras=self.max_loras)
         if self.max_model_len:
             kwargs["max_model_len"] = self.max_model_len
+        if on_cpu:  # vllm misreads free memory on small CPU machines (ARCHITECTURE.md): a fixed 1 GiB KV cache
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        in_process = on_cpu if self.in_process is None else self.in_process
+        if in_process:
+            # engine core and model worker in this process: each spawned process re-imports torch and vllm,
+            # which took minutes on a busy 2-core machine (10 s in process); read by vllm when LLM() starts
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            kwargs["distributed_executor_backend"] = "uni"
         kwargs.update(self.llm_kwargs)
-        self.llm = vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        with _process_state_kept() if in_process else nullcontext():
+            self.llm = vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None})
         self.tokenizer = self.llm.get_tokenizer()
         self._ids = {str(a): i + 1 for i, a in enumerate(dict.fromkeys(str(a) for a in adapters))}
         self.base = base
