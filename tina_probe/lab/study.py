@@ -142,7 +142,7 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
         p = out / f"{name}.parquet"
         return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
 
-    passk, phases, hyp = read("passk"), read("phases"), read("hypothesis")
+    passk, summary, hyp = read("passk"), read("phase_summary"), read("hypothesis")
     table = Table(title="tina-probe lab: best checkpoint per run (strict pass@1, sampled)")
     for col in ("run", "kind", "base strict", "best step", "strict pass@1 [95% CI]", "lenient pass@1 [95% CI]",
                 "format transition", "format adaptation"):
@@ -158,11 +158,11 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
         base = strict[strict.step == 0].value
         len_row = lenient.loc[best.step]
         trans = "-"
-        if not phases.empty:
-            ph = phases[(phases.run == run) & phases.metric.isin(["format_rate", "format_reward"])]
-            if not ph.empty:
+        if not summary.empty and "transition_step" in summary:
+            ph = summary[(summary.run == run) & summary.transition_step.notna()]
+            if not ph.empty:  # the format transition as `tina-probe phase` placed it (phase_summary table)
                 r = ph.iloc[0]
-                trans = f"{r.change_step:.0f} [{r.change_step_low:.0f}, {r.change_step_high:.0f}]"
+                trans = f"{r.transition_step:.0f} [{r.transition_low:.0f}, {r.transition_high:.0f}]"
         verdict = "-"
         if not hyp.empty:
             v = hyp[(hyp.run == run) & (hyp.claim == "format_adaptation")]
