@@ -45,7 +45,7 @@ FULL = StudyPlan(
 )
 QUICK = StudyPlan(
     recipes=("lab-lora-r8", "lab-full"),
-    overrides=("grpo.max_steps=16", "grpo.save_steps=4"),
+    overrides=("grpo.max_steps=16", "grpo.save_steps=2"),
     name_suffix="-quick", eval_n=2, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16,
 )
 
