@@ -112,8 +112,9 @@ class VLLMGenerator:
 
         self.close()
         ranks = [adapter_rank(Path(a)) for a in adapters]
-        # >= distinct adapters + 1 by default; a cap (GPU memory) stays safe because plan_batches keeps a slot free
-        # and never mixes base and LoRA prompts in one call
+        # >= distinct adapters + 1 by default; a cap (GPU memory) stays safe because plan_batches never mixes base
+        # and LoRA prompts in one call (measured on CPU: base-only calls stay clean with every slot filled; the
+        # leak needs a mixed batch, tests/test_vllm.py)
         self.max_loras = max(2, len({str(a) for a in adapters}) + 1)  # plan_batches needs >= 2, even without LoRA
         if self.max_loras_cap:
             self.max_loras = max(2, min(self.max_loras, int(self.max_loras_cap)))
