@@ -90,6 +90,8 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
           steps: Optional[str] = typer.Option(None, "--steps", help="comma separated steps to evaluate"),
           shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's share of the units"),
           limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each benchmark"),
+          merge: bool = typer.Option(False, "--merge", help="hf: merge each LoRA into a copy of the base (faster "
+                                                            "generation, same outputs up to float rounding)"),
           out: Path = OUT):
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval
@@ -105,7 +107,7 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
         shard_t = (i, total)
     run_eval(_expand(ckpts + (more or [])), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
              max_tokens=max_tokens, seed=seed, backend=backend, out=out, steps=step_set, shard=shard_t,
-             limit=limit)
+             limit=limit, merge=merge)
 
 
 @app.command()

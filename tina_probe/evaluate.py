@@ -306,6 +306,7 @@ def run_eval(
     batch_size: int = 64,
     generator: Generator | None = None,
     show: bool = True,
+    merge: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Evaluate the base (step 0) and every checkpoint of the runs; resumable; returns samples, passk, format."""
     if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
@@ -320,7 +321,7 @@ def run_eval(
     store = Store(out)
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):
-        gen = make_generator(backend, batch_size=batch_size)
+        gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only, LoRA merged per ckpt
     try:
         if gen is not None:
             sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
