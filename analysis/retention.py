@@ -9,7 +9,6 @@ KL(ckpt || base) on completions the checkpoint samples for the RL task's prompts
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -76,25 +75,14 @@ def _load_causal_lm(path: str, device: str):
 
 
 def load_tokenizer(path: str):
-    """The tokenizer saved beside a model.
-
-    transformers 5 AutoTokenizer replaces a generic saved class (TokenizersBackend / PreTrainedTokenizerFast)
-    beside a qwen2 config with Qwen2Tokenizer, which re-splits the text (the lab's character-level tokenizer
-    loses every space); a generic saved class is therefore loaded as itself."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The tokenizer saved beside a model, loaded as every other tool loads it (AutoTokenizer; the lab's
+    tokenizer is laid out so that transformers' Qwen2Tokenizer reproduces it exactly)."""
+    from transformers import AutoTokenizer
 
     folder = Path(path)
     if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         raise TinaError(f"{path}: no tokenizer files beside the model")
-    saved_class = None
-    if (folder / "tokenizer_config.json").is_file():
-        try:
-            saved_class = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
-        except ValueError:
-            raise TinaError(f"{folder / 'tokenizer_config.json'}: unreadable JSON") from None
     try:
-        if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast") and (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise TinaError(f"{path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
