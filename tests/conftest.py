@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from reference import save_random_lora
+
 # tests never reach the network, and stay on one thread (the machine is shared)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -92,20 +94,7 @@ def tiny_base(tmp_path_factory) -> Path:
 
 def save_lora(base: Path, folder: Path, seed: int, r: int = 4) -> Path:
     """A LoRA adapter of the base with random non-zero lora_B (so its outputs differ from the base)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
-                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_random_lora(base, folder, seed=seed, r=r, target_modules=["q_proj", "v_proj"], scale=0.5)
 
 
 def save_full(base: Path, folder: Path, seed: int) -> Path:

@@ -13,29 +13,15 @@ from tina_probe.generate import make_generator
 from tina_probe.generate.hf import HFGenerator, split_completion
 from tina_probe.generate.vllm_backend import VLLMGenerator, lora_rank_slot, plan_batches
 
+from reference import fresh_greedy_tokens
+
 PROMPTS = ["1+2=?", "3+4=?", "12*3=?"]
 GREEDY = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=8, seed=0)
 
 
 def _fresh_greedy(base, adapter, prompts):
     """Reference: load the base and a PeftModel anew, generate each prompt alone (no padding)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True, dtype=torch.float32).eval()
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    out = []
-    for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            seq = model.generate(**ids, max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-        out.append(seq[0, ids["input_ids"].shape[1]:].tolist())
-    return out
+    return fresh_greedy_tokens(base, adapter, prompts, max_new_tokens=8)
 
 
 def test_split_completion_marks_truncation():

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from reference import fresh_greedy_tokens, save_random_lora
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # before vllm starts: it misreads free memory here
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed (pip install 'tina-probe[vllm]')", allow_module_level=True)
@@ -53,41 +55,12 @@ def save_tiny_base(folder: Path) -> Path:
 
 def save_lora(base: Path, folder: Path, seed: int, r: int = 8) -> Path:
     """A PEFT LoRA (r=8, every projection) of `base` with random non-zero lora_B, saved as safetensors."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=PROJECTIONS,
-                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_random_lora(base, folder, seed=seed, r=r, target_modules=PROJECTIONS, scale=0.3)
 
 
 def fresh_forced_tokens(base: Path, adapter: Path | None, prompts: list[str], length: int) -> list[list[int]]:
     """Ground truth: a fresh transformers (+ peft) model, one prompt at a time, greedy, exactly `length` tokens."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True, dtype=torch.float32).eval()
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    out = []
-    for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            seq = model.generate(**ids, do_sample=False, max_new_tokens=length, min_new_tokens=length,
-                                 pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-        out.append(seq[0, ids["input_ids"].shape[1]:].tolist())
-    return out
+    return fresh_greedy_tokens(base, adapter, prompts, max_new_tokens=length, min_new_tokens=length)
 
 
 def vllm_forced_tokens(gen, adapter: Path | None, prompts: list[str], length: int) -> list[list[int]]:
