@@ -196,12 +196,14 @@ def mcnemar_claim(run: str, grading: str, base: pd.DataFrame, best: pd.DataFrame
 
 
 def format_first_claim(run: str, phases: pd.DataFrame, curve_status: dict, benchmark: str | None) -> ClaimRow:
-    """format_first: the format transition comes before or with the first change in lenient pass@1.
+    """format_first: the format transition starts before or with the first change in lenient pass@1.
 
-    value = first lenient change step - format transition step (>= 0: format first), range from both bootstrap
-    ranges. Supported when the range is >= 0, or when the format changed and the lenient curve (analysed) did
-    not; not supported when the range is < 0 or the format never rose; inconclusive otherwise, or when the
-    curves were not analysed (run `tina-probe phase`)."""
+    Both sides are onsets: the format transition is the largest rise of the format curve (a staircase of
+    same-sign steps taken whole), and its start is that staircase's first step; the lenient side is the first
+    step of its earliest change. value = lenient onset - format onset (>= 0: format first), range from both
+    bootstrap ranges. Supported when the range is >= 0, or when the format changed and the lenient curve
+    (analysed) did not; not supported when the range is < 0 or the format never rose; inconclusive otherwise,
+    or when the curves were not analysed (run `tina-probe phase`)."""
     stat = "lenient_change_minus_format_transition_steps"
     if not curve_status:
         return ClaimRow(run, "format_first", stat, detail="run not in phase_summary (run `tina-probe phase`)")
@@ -211,17 +213,18 @@ def format_first_claim(run: str, phases: pd.DataFrame, curve_status: dict, bench
         if not analysed:
             return ClaimRow(run, "format_first", stat, detail="no format curve with enough points")
         return ClaimRow(run, "format_first", stat, verdict="not supported", detail="no format transition (rise)")
-    where = (f"format transition ({fmt['source']} {fmt['metric']}) at step {_f(fmt['change_step'], 1)} "
-             f"[{_f(fmt['change_step_low'], 0)}, {_f(fmt['change_step_high'], 0)}], size {_f(fmt['size'])}")
+    where = (f"format transition ({fmt['source']} {fmt['metric']}, size {_f(fmt['size'])}) starts at step "
+             f"{_f(fmt['first_step'], 0)} [{_f(fmt['first_low'], 0)}, {_f(fmt['first_high'], 0)}]"
+             + (f", centre {_f(fmt['change_step'], 1)}" if fmt.get("n_changes", 1) > 1 else ""))
     lenient = main_change(phases, run, "pass1_lenient", source="eval", benchmark=benchmark, pick="earliest")
     if lenient is None:
         if curve_status.get("pass1_lenient") == "no change":
             return ClaimRow(run, "format_first", stat, verdict="supported",
                             detail=f"{where}; no lenient pass@1 change point")
         return ClaimRow(run, "format_first", stat, detail=f"{where}; lenient pass@1 curve not analysed")
-    lead = lenient["first_step"] - fmt["change_step"]
-    lo = lenient["first_low"] - fmt["change_step_high"]
-    hi = lenient["first_high"] - fmt["change_step_low"]
+    lead = lenient["first_step"] - fmt["first_step"]
+    lo = lenient["first_low"] - fmt["first_high"]
+    hi = lenient["first_high"] - fmt["first_low"]
     verdict = "supported" if lo >= 0 else "not supported" if hi < 0 else "inconclusive"
     detail = (f"{where}; first lenient pass@1 change at step {_f(lenient['first_step'], 0)} "
               f"[{_f(lenient['first_low'], 0)}, {_f(lenient['first_high'], 0)}], size {_f(lenient['size'])}")
@@ -366,30 +369,36 @@ def geometry_claims(spectra: pd.DataFrame, steps: dict[str, int], *, n_boot: int
     return rows
 
 
-def format_adaptation_claim(run: str, rows: dict[str, ClaimRow], *, alpha: float = ALPHA) -> ClaimRow:
-    """format_adaptation, the overall verdict of a run.
+def format_adaptation_claim(run: str, rows: dict[str, ClaimRow], *, knowledge: list[ClaimRow] = (),
+                            alpha: float = ALPHA) -> ClaimRow:
+    """format_adaptation, the overall verdict of a run: RL mostly taught the format and kept the knowledge.
 
-    supported     <=> format_first is supported (the format rose, at or before any lenient change), and
-                      gain_decomposition is supported (strict gain > 0 and format share CI above the threshold),
-                      and lenient accuracy did not change significantly (mcnemar_lenient p >= alpha).
+    supported     <=> format_first is supported (the format transition starts at or before any lenient change),
+                      gain_decomposition is supported (strict gain > 0, format share CI above the threshold), and
+                      nothing was lost: lenient accuracy did not fall significantly (McNemar) and no
+                      knowledge_kept claim is "not supported". A lenient rise is allowed: its share of the strict
+                      gain is the correctness part that the decomposition already weighs.
     not supported <=> gain_decomposition is not supported (the gain is mostly correctness given format), or
-                      format_first says no format transition while strict or lenient accuracy rose
-                      significantly (McNemar p < alpha with a positive difference).
+                      format_first is not supported (lenient accuracy clearly changed first, or the format never
+                      rose), or knowledge was lost (lenient fell significantly, or a retention TOST says so).
     inconclusive  otherwise (including missing pieces)."""
     ff, gd = rows.get("format_first"), rows.get("gain_decomposition")
     ml, ms = rows.get("mcnemar_lenient"), rows.get("mcnemar_strict")
 
-    def rose(r):
-        return r is not None and np.isfinite(r.p_value) and r.p_value < alpha and r.value > 0
+    def moved(r, sign):
+        return r is not None and np.isfinite(r.p_value) and r.p_value < alpha and np.sign(r.value) == sign
 
-    lenient_flat = ml is not None and np.isfinite(ml.p_value) and ml.p_value >= alpha
-    no_format = ff is not None and ff.verdict == "not supported" and "no format transition" in ff.detail
+    lost = [k.statistic.split(":")[0] for k in knowledge if k.verdict == "not supported"]
+    if moved(ml, -1):
+        lost.append("lenient accuracy")
     parts = {k: (r.verdict if r else "missing") for k, r in
              (("format_first", ff), ("gain_decomposition", gd), ("mcnemar_lenient", ml), ("mcnemar_strict", ms))}
     detail = "; ".join(f"{k} {v}" for k, v in parts.items())
-    if ff and gd and ff.verdict == "supported" and gd.verdict == "supported" and lenient_flat:
+    detail += f"; knowledge lost: {', '.join(lost)}" if lost else (
+        f"; no knowledge loss on {len(knowledge)} retention metric(s)" if knowledge else "; no retention measured")
+    if ff and gd and ff.verdict == "supported" and gd.verdict == "supported" and not lost:
         verdict = "supported"
-    elif (gd and gd.verdict == "not supported") or (no_format and (rose(ml) or rose(ms))):
+    elif (gd and gd.verdict == "not supported") or (ff and ff.verdict == "not supported") or lost:
         verdict = "not supported"
     else:
         verdict = "inconclusive"
@@ -465,10 +474,12 @@ def hypothesis_tables(samples: pd.DataFrame, passk: pd.DataFrame, phases: pd.Dat
                     for grading in ("strict", "lenient"):
                         found[f"mcnemar_{grading}"] = mcnemar_claim(run, grading, base_pp, best_pp, alpha=alpha)
         rows += list(found.values())
+        kept: list[ClaimRow] = []
         if not retention.empty and step is not None:
             changes[run] = retention_changes(retention, run, step)
-            rows += knowledge_claims(run, changes[run], margin=margin, alpha=alpha)
-        rows.append(format_adaptation_claim(run, found, alpha=alpha))
+            kept = knowledge_claims(run, changes[run], margin=margin, alpha=alpha)
+            rows += kept
+        rows.append(format_adaptation_claim(run, found, knowledge=kept, alpha=alpha))
     rows += knowledge_lora_vs_full(changes, kinds, alpha=alpha)
     rows += geometry_claims(spectra, bests, n_boot=n_boot, seed=seed, alpha=alpha)
     hyp = pd.DataFrame([asdict(r) for r in rows], columns=HYPOTHESIS_COLUMNS)

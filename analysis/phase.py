@@ -434,12 +434,22 @@ def best_step(passk: pd.DataFrame, run: str, benchmark: str | None = None) -> tu
     return step, float(trained.loc[step]), bench
 
 
+def accuracy_change(phases: pd.DataFrame, run: str, benchmark: str | None = None) -> dict | None:
+    """The run's lenient accuracy change on the eval curve: its largest fall (a destabilization) when there is
+    one, else its largest change; None when the lenient curve has no change point."""
+    fall = main_change(phases, run, "pass1_lenient", source="eval", benchmark=benchmark, direction=-1)
+    return fall or main_change(phases, run, "pass1_lenient", source="eval", benchmark=benchmark)
+
+
 def best_vs_transition(passk: pd.DataFrame, phases: pd.DataFrame, run: str,
                        benchmark: str | None = None) -> dict:
-    """Where the best checkpoint (max strict pass@1) sits relative to the format transition.
+    """Where the best checkpoint (max strict pass@1) sits relative to the format transition and to the lenient
+    accuracy change.
 
-    lag_steps = best step - transition step (positive: the best checkpoint comes after the transition), with a
-    range from the transition's bootstrap range; lag_share divides by the last evaluated or logged step."""
+    lag_steps = best step - format transition step (positive: the best checkpoint comes after the transition),
+    with a range from the transition's bootstrap range; lag_share divides by the last evaluated or logged step.
+    accuracy_lag_steps is the same against the lenient accuracy change (accuracy_change: its largest fall, else
+    its largest change), so "the best checkpoint sits before the accuracy dip" is a number with a range."""
     step, value, bench = best_step(passk, run, benchmark)
     curve, _ = strict_curve(passk, run, bench)
     out = {"run": run, "benchmark": bench, "best_step": step, "best_value": value,
@@ -447,9 +457,12 @@ def best_vs_transition(passk: pd.DataFrame, phases: pd.DataFrame, run: str,
            "transition_metric": None, "transition_source": None, "transition_step": np.nan,
            "transition_low": np.nan, "transition_high": np.nan, "transition_size": np.nan,
            "lag_steps": np.nan, "lag_low": np.nan, "lag_high": np.nan, "total_steps": np.nan,
-           "lag_share": np.nan, "note": ""}
+           "lag_share": np.nan, "accuracy_change_step": np.nan, "accuracy_change_low": np.nan,
+           "accuracy_change_high": np.nan, "accuracy_change_size": np.nan, "accuracy_lag_steps": np.nan,
+           "accuracy_lag_low": np.nan, "accuracy_lag_high": np.nan, "note": ""}
     notes = []
     tr = format_transition(phases, run, bench)
+    acc = accuracy_change(phases, run, bench)
     last = [float(curve.index.max())] if len(curve) else []
     pr = _runs_phases(phases, run)
     if not pr.empty:
@@ -463,11 +476,19 @@ def best_vs_transition(passk: pd.DataFrame, phases: pd.DataFrame, run: str,
         out |= {"transition_metric": tr["metric"], "transition_source": tr["source"],
                 "transition_step": tr["change_step"], "transition_low": tr["change_step_low"],
                 "transition_high": tr["change_step_high"], "transition_size": tr["size"]}
+    if acc is None:
+        notes.append("no lenient accuracy change found")
+    else:
+        out |= {"accuracy_change_step": acc["change_step"], "accuracy_change_low": acc["change_step_low"],
+                "accuracy_change_high": acc["change_step_high"], "accuracy_change_size": acc["size"]}
     if step is not None and tr is not None:
         out |= {"lag_steps": step - tr["change_step"], "lag_low": step - tr["change_step_high"],
                 "lag_high": step - tr["change_step_low"]}
         if out["total_steps"] and out["total_steps"] > 0:
             out["lag_share"] = out["lag_steps"] / out["total_steps"]
+    if step is not None and acc is not None:
+        out |= {"accuracy_lag_steps": step - acc["change_step"], "accuracy_lag_low": step - acc["change_step_high"],
+                "accuracy_lag_high": step - acc["change_step_low"]}
     out["note"] = "; ".join(notes)
     return out
 

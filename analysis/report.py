@@ -31,7 +31,7 @@ FILLS = {  # table -> the command that writes it
 }
 SUMMARY_COLUMNS = ["run", "benchmark", "best_step", "best_value", "base_value", "transition_metric",
                    "transition_step", "transition_low", "transition_high", "lag_steps", "lag_share",
-                   "metrics_changed", "metrics_unchanged", "note"]
+                   "accuracy_change_step", "accuracy_change_size", "accuracy_lag_steps", "metrics_changed", "metrics_unchanged", "note"]
 
 
 def _missing(table: str) -> str:
@@ -147,7 +147,8 @@ def write_report(out: Path) -> Path:
         else:
             cols = [c for c in SUMMARY_COLUMNS if c in t["phase_summary"].columns]
             parts.append("Best checkpoint (max strict pass@1) relative to the format transition; lag > 0: the best "
-                         "checkpoint comes after it.\n\n" + _md(t["phase_summary"][cols]))
+                         "checkpoint comes after it; accuracy_lag the same against the lenient accuracy change (its largest "
+                         "fall, else its largest change).\n\n" + _md(t["phase_summary"][cols]))
         if t["training_curves"].empty:
             parts.append(_missing("training_curves"))
         else:

@@ -112,6 +112,11 @@ def test_format_first_reads_the_order_of_transitions():
     assert format_first_claim("r", late, status, "b").verdict == "not supported"
     assert format_first_claim("r", close, status, "b").verdict == "inconclusive"
     assert format_first_claim("r", early.iloc[:0], {}, "b").verdict == "inconclusive"  # phase never ran
+    # a staircase: the format transition starts at its first step (onsets are compared, not centres)
+    stair = pd.DataFrame([phase("format_rate", 60, 55, 65, 0.1), phase("format_rate", 100, 95, 105, 0.5),
+                          phase("pass1_lenient", 80, 75, 85, 0.1)])
+    s = format_first_claim("r", stair, status, "b")
+    assert s.verdict == "supported" and (s.value, s.ci_low, s.ci_high) == (20, 10, 30) and "starts at step 60" in s.detail
 
 
 def test_knowledge_kept_tost_and_lora_vs_full():
@@ -164,8 +169,19 @@ def test_overall_verdict_rules():
             "mcnemar_lenient": row("mcnemar_lenient", "not supported", 0.01, 0.6),
             "mcnemar_strict": row("mcnemar_strict", "supported", 0.4, 1e-6)}
     assert format_adaptation_claim("r", good).verdict == "supported"
-    moved = good | {"mcnemar_lenient": row("mcnemar_lenient", "supported", 0.1, 0.001)}
-    assert format_adaptation_claim("r", moved).verdict == "inconclusive"
+    rose = good | {"mcnemar_lenient": row("mcnemar_lenient", "supported", 0.1, 0.001)}
+    assert format_adaptation_claim("r", rose).verdict == "supported"  # the decomposition weighs a lenient rise
+    fell = good | {"mcnemar_lenient": row("mcnemar_lenient", "supported", -0.1, 0.001)}
+    assert format_adaptation_claim("r", fell).verdict == "not supported"
+    assert "knowledge lost: lenient accuracy" in format_adaptation_claim("r", fell).detail
+    forgot = [row("knowledge_kept", "not supported")]
+    assert format_adaptation_claim("r", good, knowledge=forgot).verdict == "not supported"
+    kept = [row("knowledge_kept", "supported"), row("knowledge_kept", "inconclusive")]
+    assert format_adaptation_claim("r", good, knowledge=kept).verdict == "supported"
+    accuracy_first = good | {"format_first": row("format_first", "not supported")}
+    assert format_adaptation_claim("r", accuracy_first).verdict == "not supported"
+    unclear = good | {"format_first": row("format_first", "inconclusive")}
+    assert format_adaptation_claim("r", unclear).verdict == "inconclusive"
     no_format = good | {"format_first": row("format_first", "not supported", detail="no format transition (rise)"),
                         "gain_decomposition": row("gain_decomposition", "inconclusive", 0.5),
                         "mcnemar_lenient": row("mcnemar_lenient", "supported", 0.1, 0.001)}

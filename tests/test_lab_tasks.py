@@ -96,3 +96,11 @@ def test_tokenizer_digits_tags_and_chat_template(tmp_path):
     assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == render_chat("Compute (3+4)*2.")
     full = msgs + [{"role": "assistant", "content": text}]
     assert tok.apply_chat_template(full, tokenize=False) == render_chat("Compute (3+4)*2.", text)
+
+
+def test_continuing_pretraining_needs_a_saved_model(tmp_path):
+    from tina_probe.errors import TinaError
+    from tina_probe.lab.pretrain import load_init
+
+    with pytest.raises(TinaError, match=str(tmp_path)):
+        load_init(tmp_path)

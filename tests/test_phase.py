@@ -180,6 +180,27 @@ def test_best_checkpoint_lags_the_format_transition():
     assert out["lag_share"] == pytest.approx(100 / 300)
     none = best_vs_transition(passk, phases.iloc[0:0], "r")
     assert np.isnan(none["lag_steps"]) and "no format transition" in none["note"]
+    assert "no lenient accuracy change" in out["note"] and np.isnan(out["accuracy_lag_steps"])
+
+
+def test_best_checkpoint_against_the_accuracy_dip():
+    """A rise then a larger later fall of lenient accuracy: the fall is the accuracy change the best is placed
+    against (the paper's 'best checkpoint sits before the destabilization')."""
+    passk = pd.DataFrame({"run": "r", "step": [0, 100, 200, 300], "kind": ["base", "lora", "lora", "lora"],
+                          "benchmark": "b", "grading": "strict", "k": 1, "n": 4,
+                          "value": [0.2, 0.5, 0.7, 0.6], "ci_low": np.nan, "ci_high": np.nan})
+
+    def row(step, low, high, size):
+        return {"run": "r", "metric": "pass1_lenient", "change_step": step, "change_step_low": low,
+                "change_step_high": high, "method": "pelt", "size": size, "n_points": 13, "source": "eval",
+                "benchmark": "b", "support": 1.0, "sigma": 0.01, "penalty": 0.1}
+
+    phases = pd.DataFrame([row(50.0, 40.0, 60.0, 0.1), row(250.0, 225.0, 275.0, -0.2)])
+    out = best_vs_transition(passk, phases, "r")
+    assert out["accuracy_change_step"] == 250 and out["accuracy_change_size"] == pytest.approx(-0.2)
+    assert out["accuracy_lag_steps"] == -50 and (out["accuracy_lag_low"], out["accuracy_lag_high"]) == (-75, -25)
+    rise_only = best_vs_transition(passk, phases.iloc[:1], "r")
+    assert rise_only["accuracy_change_step"] == 50 and rise_only["accuracy_lag_steps"] == 150
 
 
 

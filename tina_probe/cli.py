@@ -208,6 +208,19 @@ def lab(ctx: typer.Context,
     run_lab(quick=quick, out=out, runs_root=runs)
 
 
+@lab_app.command("validate")
+@user_errors
+def lab_validate(out: Path = OUT,
+                 runs: Path = typer.Option(Path("runs"), "--runs", help="where the lab's runs go"),
+                 limit: Optional[int] = typer.Option(None, "--limit", help="problems per evaluation (default 60)")):
+    """Validate the hypothesis test on ground truth: planted organism ("supported") vs control ("not supported").
+
+    Trains both for 60 steps, evaluates, runs phase / hypothesis / report into OUT/validate (resumable)."""
+    from tina_probe.lab.study import run_lab
+
+    run_lab(out=out, runs_root=runs, plan_name="validate", eval_limit=limit)
+
+
 @lab_app.command("pretrain")
 @user_errors
 def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
@@ -219,13 +232,17 @@ def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
                  max_minutes: float = typer.Option(30.0, "--max-minutes"),
                  seed: int = typer.Option(0, "--seed"),
                  stop_at: Optional[int] = typer.Option(None, "--stop-at", help="stop early; the schedule spans --max-steps"),
-                 snapshot_every: int = typer.Option(0, "--snapshot-every", help="also save snapshots/step-N/")):
+                 snapshot_every: int = typer.Option(0, "--snapshot-every", help="also save snapshots/step-N/"),
+                 init_from: Optional[Path] = typer.Option(None, "--init-from",
+                                                          help="continue from this saved lab model"),
+                 start_step: int = typer.Option(0, "--start-step", help="schedule step to start at (with --init-from)")):
     """Pretrain a lab base model (a tiny Qwen2) on arithmetic traces and facts."""
     from tina_probe.lab.pretrain import PretrainConfig, pretrain
 
     path = pretrain(PretrainConfig(out=str(out), level=level, formatted_share=formatted_share, leak=leak,
                                    max_steps=max_steps, max_minutes=max_minutes, seed=seed, stop_at=stop_at,
-                                   snapshot_every=snapshot_every))
+                                   snapshot_every=snapshot_every,
+                                   init_from=str(init_from) if init_from else None, start_step=start_step))
     typer.echo(f"base written to {path}")
 
 
@@ -253,10 +270,16 @@ def lab_measure(model: Path = typer.Option(Path("data/lab/base"), "--model"),
         raise TinaError(f"{model}: no model.safetensors (build one with `tina-probe lab pretrain`)")
     result = measure_base(model, benchmark=benchmark, n=n, temperature=temperature, out=out)
     if card:
-        purpose = ("The lab's shipped base: it solves most problems but often breaks the rewarded format, like "
-                   "the paper's base before RL." if benchmark == "lab-test" else
-                   "The control base: always well formatted, on harder problems, so that RL with an "
-                   "accuracy-only reward has correctness (not format) to gain.")
+        purposes = {
+            "base": "The lab's shipped base: it solves most problems but often breaks the rewarded format, like the "
+                    "paper's base before RL.",
+            "control": "The control base: always well formatted, on harder problems, so that RL with an "
+                       "accuracy-only reward has correctness (not format) to gain.",
+            "planted": "The planted organism: the shipped base pretrained on to convergence on the same mix, so it "
+                       "computes almost every answer right but still breaks the rewarded format; all GRPO can "
+                       "teach it is the format, the ground truth for `tina-probe lab validate`.",
+        }
+        purpose = purposes.get(model.resolve().name, purposes["base" if benchmark == "lab-test" else "control"])
         typer.echo(f"model card: {write_model_card(model, result, title=card, purpose=purpose, benchmark=benchmark)}")
 
 

@@ -108,7 +108,11 @@ def write_model_card(model: Path, result: dict, *, title: str, purpose: str, ben
     cfg = json.loads((model / "pretrain_config.json").read_text())
     flags = (f"--level {cfg['level']} --formatted-share {cfg['formatted_share']:g} --leak {cfg['leak']:g} "
              f"--max-steps {cfg['max_steps']} --seed {cfg['seed']}"
-             + (f" --stop-at {cfg['stop_at']}" if cfg.get("stop_at") else ""))
+             + (f" --stop-at {cfg['stop_at']}" if cfg.get("stop_at") else "")
+             + (f" --init-from {cfg['init_from']} --start-step {cfg['start_step']}" if cfg.get("init_from") else ""))
+    continued = (f" Continued from {cfg['init_from']} (its weights, a fresh optimizer with a 20-step re-warmup) at "
+                 f"step {cfg['start_step']} of the schedule; the minutes are the continuation's."
+                 if cfg.get("init_from") else "")
     s, g = result["sampled"], result["greedy"]
     lines = [
         f"# {title}", "", purpose, "",
@@ -125,7 +129,7 @@ def write_model_card(model: Path, result: dict, *, title: str, purpose: str, ben
         f"{cfg['leak']:.0%} of traces in a random style), and {cfg['facts_share']:.0%} synthetic facts "
         f"(data/lab/facts.jsonl). {cfg['steps_done']} steps of batch {cfg['batch_size']}, lr {cfg['lr']:g} "
         f"cosine, {cfg['threads']} thread(s), {cfg['minutes']} min on this project's 2-core machine "
-        f"(final loss {cfg['final_loss_ema']:.3f}).", "",
+        f"(final loss {cfg['final_loss_ema']:.3f}).{continued}", "",
         "## Measured",
         f"On {benchmark} ({s['n_problems']} problems), measured by "
         f"`tina-probe lab measure --model {model.as_posix()} --benchmark {benchmark} --n {s['n_samples'] // max(1, s['n_problems'])}`:", "",

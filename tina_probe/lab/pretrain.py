@@ -45,6 +45,8 @@ class PretrainConfig:
     threads: int = 1
     stop_at: int | None = None  # stop early (the schedule still spans max_steps), e.g. to pick a weaker base
     snapshot_every: int = 0  # also save snapshots/step-N/ every N steps (to choose stop_at)
+    init_from: str | None = None  # continue from a saved lab model (its weights; the optimizer starts fresh)
+    start_step: int = 0  # where in the schedule to start (with init_from: the step that model stopped at)
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, eos_id: int) -> Qwen2ForCausalLM:
@@ -73,7 +75,7 @@ class MixSampler:
     def __init__(self, cfg: PretrainConfig, tokenizer):
         self.cfg = cfg
         self.tok = tokenizer
-        self.rng = random.Random(cfg.seed + 17)
+        self.rng = random.Random(cfg.seed + 17 + cfg.start_step)  # a continued run draws new sequences
         splits = tasks.make_splits(cfg.level)
         self.held_out = {p.expression for s in ("test", "probe") for p in splits[s]}
         self.level = tasks.LEVELS[cfg.level]
@@ -107,6 +109,15 @@ class MixSampler:
         return input_ids, mask, lab
 
 
+def load_init(path: Path) -> Qwen2ForCausalLM:
+    """The weights of a saved lab model to continue pretraining from (safetensors only)."""
+    from tina_probe.errors import TinaError
+
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        raise TinaError(f"{path}: not a saved lab model (needs config.json and model.safetensors)")
+    return Qwen2ForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warmup then cosine decay to 10% of the peak."""
     if step < cfg.warmup_steps:
@@ -119,19 +130,23 @@ def pretrain(cfg: PretrainConfig) -> Path:
     """Train a lab base and save model, tokenizer and pretrain_config.json (safetensors) to cfg.out."""
     torch.set_num_threads(cfg.threads)
     tok = build_tokenizer()
-    model = build_model(cfg, len(tok), tok.eos_token_id)
+    if cfg.init_from:
+        model = load_init(Path(cfg.init_from))
+    else:
+        model = build_model(cfg, len(tok), tok.eos_token_id)
     sampler = MixSampler(cfg, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     model.train()
     start = time.time()
-    bar = tqdm(range(cfg.max_steps), desc="pretrain", unit="step")
+    bar = tqdm(range(cfg.start_step, cfg.max_steps), desc="pretrain", unit="step")
     ema = None
-    steps_done = 0
+    steps_done = cfg.start_step
     for step in bar:
         if (time.time() - start) / 60 > cfg.max_minutes or (cfg.stop_at and step >= cfg.stop_at):
             break
+        rewarm = min(1.0, (step - cfg.start_step + 1) / 20) if cfg.init_from else 1.0  # fresh Adam state
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * rewarm
         ids, mask, labels = sampler.batch()
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)

@@ -36,6 +36,7 @@ class StudyPlan:
     parallel: int = 2
     probes: tuple[str, ...] = ("lab_facts_gen", "lab_facts_mc", "kl_general", "ppl_general", "kl_task")
     probe_limit: int | None = 64
+    spectra: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -48,6 +49,16 @@ QUICK = StudyPlan(
     overrides=("grpo.max_steps=16", "grpo.save_steps=2"),
     name_suffix="-quick", eval_n=2, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16,
 )
+
+# Ground truth for the hypothesis test: the planted organism can only learn the format (verdict "supported"), the
+# control only correctness (verdict "not supported"); both shortened to 60 steps, a checkpoint every 5.
+VALIDATE = StudyPlan(
+    recipes=("lab-planted", "lab-control"),
+    overrides=("grpo.max_steps=60", "grpo.save_steps=5"),
+    name_suffix="-validate", eval_n=4, eval_limit=60, probes=("lab_facts_mc",), probe_limit=32, spectra=False,
+)
+PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE}
+SUBFOLDER = {"full": "", "quick": "quick", "validate": "validate"}  # under --out and --runs
 
 
 def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
@@ -173,28 +184,41 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
     console.print(table)
 
 
-def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path = Path("runs")) -> None:
-    """Train, evaluate, analyse and report the lab study; every step resumes from what exists."""
+def _bases(plan: StudyPlan) -> set[str]:
+    """The base folders (relative to the project root) that a plan's recipes train from."""
+    import yaml
+
+    return {yaml.safe_load((RECIPES / f"{r}.yaml").read_text())["base"] for r in plan.recipes}
+
+
+def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path = Path("runs"),
+            plan_name: str | None = None, eval_limit: int | None = None) -> None:
+    """Train, evaluate, analyse and report the lab study; every step resumes from what exists.
+
+    plan_name picks FULL, QUICK or VALIDATE (default: by `quick`); results go to OUT[/quick|/validate] and the
+    runs to RUNS[/quick|/validate]; eval_limit overrides the plan's number of problems."""
     from tina_probe.evaluate import run_eval
 
-    plan = QUICK if quick else FULL
-    for need in ("data/lab/base", "data/lab/control"):
-        if need.endswith("control") and "lab-control" not in plan.recipes:
-            continue
+    name = plan_name or ("quick" if quick else "full")
+    plan = PLANS[name]
+    if eval_limit is not None:
+        plan = StudyPlan(**{**plan.__dict__, "eval_limit": eval_limit})
+    for need in sorted(_bases(plan)):
         if not (ROOT / need / "model.safetensors").is_file():
             raise TinaError(f"{ROOT / need}: the shipped lab base is missing (rebuild: see its MODEL_CARD.md)")
     out, runs_root = Path(out), Path(runs_root)
-    if quick:
-        out, runs_root = out / "quick", runs_root / "quick"
+    if SUBFOLDER[name]:
+        out, runs_root = out / SUBFOLDER[name], runs_root / SUBFOLDER[name]
     t0 = time.time()
-    console.rule(f"tina-probe lab{' --quick' if quick else ''}: train")
+    console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
     run_eval([str(d) for d in run_dirs], n=plan.eval_n, temperature=1.0, max_tokens=64, seed=0, out=out,
              limit=plan.eval_limit)
     ckpts = [str(d) for d in run_dirs]
-    console.rule("update spectra")
-    run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
+    if plan.spectra:
+        console.rule("update spectra")
+        run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
     console.rule("retention probes")
     run_cli("retention", "--ckpts", *ckpts, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
             "--out", str(out))
