@@ -7,7 +7,7 @@ GPU     ?= 0
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo test test-fast bench app clean-results browser-deps
+.PHONY: setup demo validate test test-fast bench app clean-results browser-deps
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ browser-deps:
 
 demo: setup
 	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab
+
+validate: setup
+	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab validate
 
 test: setup browser-deps
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=900 --timeout-method=thread tests

@@ -9,6 +9,8 @@ import pytest
 from tina_probe.lab.study import ROOT, run_lab
 from tina_probe.store import Store
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def validation(tmp_path_factory):

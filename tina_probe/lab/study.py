@@ -37,6 +37,7 @@ class StudyPlan:
     probes: tuple[str, ...] = ("lab_facts_gen", "lab_facts_mc", "kl_general", "ppl_general", "kl_task")
     probe_limit: int | None = 64
     spectra: bool = True
+    retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
     extra: dict = field(default_factory=dict)
 
 
@@ -56,6 +57,7 @@ VALIDATE = StudyPlan(
     recipes=("lab-planted", "lab-control"),
     overrides=("grpo.max_steps=60", "grpo.save_steps=5"),
     name_suffix="-validate", eval_n=4, eval_limit=60, probes=("lab_facts_mc",), probe_limit=32, spectra=False,
+    retention_at="best",
 )
 PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE}
 SUBFOLDER = {"full": "", "quick": "quick", "validate": "validate"}  # under --out and --runs
@@ -184,6 +186,26 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
     console.print(table)
 
 
+def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
+    """Each run's checkpoint folder with the highest strict pass@1 (earliest on ties) in the store at `out`;
+    the run folder itself where the store has no trained step for it."""
+    from tina_probe.store import Store
+
+    passk = Store(out).read("passk")
+    picked = []
+    for run_dir in run_dirs:
+        p = passk[(passk["run"] == run_dir.name) & (passk["k"] == 1) & (passk["grading"] == "strict")
+                  & (passk["step"] > 0)] if not passk.empty else passk
+        if p.empty:
+            picked.append(str(run_dir))
+            continue
+        by_step = p.groupby("step")["value"].mean()
+        step = int(by_step[by_step == by_step.max()].index.min())
+        folder = run_dir / f"checkpoint-{step}"
+        picked.append(str(folder if folder.is_dir() else run_dir))
+    return picked
+
+
 def _bases(plan: StudyPlan) -> set[str]:
     """The base folders (relative to the project root) that a plan's recipes train from."""
     import yaml
@@ -220,7 +242,8 @@ def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path
         console.rule("update spectra")
         run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
     console.rule("retention probes")
-    run_cli("retention", "--ckpts", *ckpts, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
+    probed = best_checkpoints(out, run_dirs) if plan.retention_at == "best" else ckpts
+    run_cli("retention", "--ckpts", *probed, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
             "--out", str(out))
     console.rule("phase transitions, hypothesis, report")
     run_cli("phase", "--runs", *ckpts, "--out", str(out))
