@@ -121,7 +121,8 @@ def sweep_run_eval(run: Path, steps: list[int], limit: int, backend: str, out: P
 
 
 def sweep_reload(base: Path, ckpts: list[Path], prompts: list[str]) -> dict:
-    """For each checkpoint, base + adapter loaded fresh (transformers + peft), then the same generation."""
+    """For each checkpoint, a fresh generator: base and adapter loaded from disk, then the same generation (the same
+    HFGenerator code, so the ratio isolates what loading once and batching checkpoints saves)."""
     texts = {}
     for ck in ckpts:
         gen = HFGenerator(device="cpu")
@@ -175,8 +176,9 @@ def time_sweeps(base, run, ckpts, steps, problems, task_dir, tmp, repeats, has_v
 def measure_rates(base: Path, ckpts: list[Path], prompts: list[str], has_vllm: bool, repeats: int):
     """Tokens per (wall, CPU) second of hf and vllm on the base and a LoRA checkpoint, back to back in each repeat;
     ratios are taken within a repeat. Returns ({(backend, model): [(wall rate, cpu rate)]}, {ratio: [(w, c)]})."""
-    gens = {"hf": HFGenerator(device="cpu")}
-    gens["hf"].load_base(str(base))
+    gens = {"hf": HFGenerator(device="cpu"), "hf-merge": HFGenerator(device="cpu", merge=True)}
+    for g in gens.values():
+        g.load_base(str(base))
     if has_vllm:
         from tina_probe.generate.vllm_backend import VLLMGenerator
 
@@ -191,7 +193,8 @@ def measure_rates(base: Path, ckpts: list[Path], prompts: list[str], has_vllm: b
     for g in gens.values():  # warm-up: first calls pay one-time costs (adapter loads, allocations)
         rate(g, None), rate(g, ckpts[0])
     rates = {(b, a): [] for b in gens for a in ("base", "lora")}
-    pairs = {"hf lora/base": (("hf", "lora"), ("hf", "base"))}
+    pairs = {"hf lora/base": (("hf", "lora"), ("hf", "base")),
+             "hf merged lora/base": (("hf-merge", "lora"), ("hf", "base"))}  # eval --merge: opt-in
     if has_vllm:
         pairs.update({"vllm lora/base": (("vllm", "lora"), ("vllm", "base")),
                       "vllm/hf lora": (("vllm", "lora"), ("hf", "lora")),
@@ -322,6 +325,7 @@ def main() -> None:
             line(f"{ours} vs {label}", per_repeat_ratio(times, other, ours), goal)
     line("greedy accuracies equal (run_eval, lm-eval)", (float(agree), float(agree)), 1, unit="")
     line("LoRA tokens/s / base tokens/s (hf)", medians(ratios["hf lora/base"]), 0.9)
+    line("  same, LoRA merged in place (hf, --merge)", medians(ratios["hf merged lora/base"]), None)
     if has_vllm:
         line("LoRA tokens/s / base tokens/s (vllm)", medians(ratios["vllm lora/base"]), 0.9)
         line("vLLM / hf tokens/s (LoRA checkpoint)", medians(ratios["vllm/hf lora"]), 2)

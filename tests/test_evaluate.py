@@ -184,3 +184,30 @@ def test_manifest_without_eval_benchmark(runs_dir, tmp_path):
     m.write_text(json.dumps({**json.loads(m.read_text()), "eval_benchmark": None}))
     with pytest.raises(TinaError, match="no eval_benchmark"):
         run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "res", generator=Planted({}), **SETTINGS)
+
+
+def test_batched_sweep_equals_unit_by_unit_sweep(runs_dir, tmp_path):
+    """The HF generator batches a wave of units (base and adapters in shared forward passes); the tables equal a sweep
+    that generates unit by unit through generate() (Counting hides generate_jobs), sampled settings included."""
+    batched = HFGenerator(batch_size=64)
+    one_by_one = Counting(HFGenerator(batch_size=64))
+    assert not hasattr(one_by_one, "generate_jobs")
+    a = run_eval(_runs(runs_dir), out=tmp_path / "batched", generator=batched, **SETTINGS)
+    b = run_eval(_runs(runs_dir), out=tmp_path / "single", generator=one_by_one, **SETTINGS)
+    assert len(one_by_one.calls) == 4  # base, lora-10, lora-20, full-10
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+
+
+def test_waves_group_small_units_within_batch_size(runs_dir):
+    from tina_probe.evaluate import _waves, plan_units
+    from tina_probe.generate.base import SamplingSettings
+    from tina_probe.runs import discover_runs
+
+    runs = discover_runs([str(runs_dir / "lab-lora")])
+    from tina_probe.benchmarks import load_benchmark
+
+    bench = load_benchmark(runs[0].manifest["eval_benchmark"])  # 3 problems
+    units = plan_units(runs, {"lab-lora": [bench]}, SamplingSettings(n=2))  # 6 rows each
+    assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12)] == [2, 1]
+    assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=4)] == [1, 1, 1]

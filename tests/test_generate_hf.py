@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from tina_probe.errors import TinaError
 from tina_probe.generate import make_generator
-from tina_probe.generate.hf import HFGenerator, split_completion
+from tina_probe.generate.base import GenJob
+from tina_probe.generate.hf import ADAPTER_CACHE, HFGenerator, batch_seed, split_completion
+from tina_probe.generate.lora_bank import LoraBankLinear
 from tina_probe.generate.vllm_backend import VLLMGenerator, lora_rank_slot, plan_batches
 
 from reference import fresh_greedy_tokens
@@ -52,7 +54,8 @@ def test_hot_swap_matches_fresh_peft_model(session_runs, tiny_base):
             eos = tok.eos_token_id
             kept = ids[: ids.index(eos)] if eos in ids else ids
             assert text == tok.decode(kept, skip_special_tokens=True)
-    assert len(gen._peft.peft_config) == 1, "only the active adapter stays loaded"
+    assert not any(isinstance(m, LoraBankLinear) for m in gen.model.modules()), "no LoRA wrapper stays in place"
+    assert len(gen._loras) <= ADAPTER_CACHE
     gen.close()
 
 
@@ -65,6 +68,208 @@ def test_merge_mode_matches_hot_swap(session_runs, tiny_base):
         a = [c[0].text for c in hot.generate(PROMPTS, adapter=adapter, **GREEDY)]
         b = [c[0].text for c in merged.generate(PROMPTS, adapter=adapter, **GREEDY)]
         assert a == b
+
+
+def _old_path(base, adapter, prompts, *, n, temperature, top_p, max_tokens, seed, batch_size):
+    """The generator's previous implementation, as reference: a fresh PeftModel, HF generate per batch of
+    batch_size // n prompts after torch.manual_seed(batch_seed(seed, b)), HF's own sampling."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(base), padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True, dtype=torch.float32).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
+    eos = [tok.eos_token_id]
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+        dict(do_sample=False)
+    config = GenerationConfig(max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos, **sampling)
+    per, out = max(1, batch_size // n), []
+    for b, start in enumerate(range(0, len(prompts), per)):
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                         tokenize=False) for p in prompts[start : start + per]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(batch_seed(seed, b))
+        with torch.no_grad():
+            seqs = model.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :].tolist()
+        for i in range(len(texts)):
+            group = []
+            for row in seqs[i * n : (i + 1) * n]:
+                kept, n_tok, truncated = split_completion(row, set(eos), max_tokens)
+                group.append((tok.decode(kept, skip_special_tokens=True), n_tok, truncated))
+            out.append(group)
+    return out
+
+
+@pytest.mark.parametrize("settings", [dict(n=1, temperature=0.0, top_p=1.0, max_tokens=8, seed=0),
+                                      dict(n=3, temperature=1.0, top_p=1.0, max_tokens=6, seed=7),
+                                      dict(n=2, temperature=0.7, top_p=0.8, max_tokens=6, seed=11)])
+def test_batched_jobs_equal_the_old_per_batch_generate(session_runs, tiny_base, settings):
+    """Jobs of several adapters (and the base) stacked into shared forward passes give, job for job, what the old
+    implementation (fresh peft model, HF sampling with a global seed per batch) gave: same text, tokens, truncation."""
+    adapters = [None, session_runs / "lab-lora" / "checkpoint-10", session_runs / "lab-lora" / "checkpoint-20"]
+    prompts = PROMPTS + ["5+5=?", "7*2=?"]
+    kw = {k: v for k, v in settings.items() if k != "seed"}
+    gen = HFGenerator(batch_size=64)  # every job's batch fits: all three stack into one forward pass
+    gen.load_base(str(tiny_base))
+    jobs = [GenJob(tuple(prompts), a, settings["seed"]) for a in adapters]
+    stacked = gen.generate_jobs(jobs, **kw)
+    small = HFGenerator(batch_size=4)  # several batches per job, none stacked
+    small.load_base(str(tiny_base))
+    for a, got in zip(adapters, stacked):
+        ref = _old_path(tiny_base, a, prompts, batch_size=64, **settings)
+        assert [[(c.text, c.n_tokens, c.truncated) for c in g] for g in got] == ref, a
+        assert gen.generate(prompts, adapter=a, **settings) == got
+        ref_small = _old_path(tiny_base, a, prompts, batch_size=4, **settings)
+        got_small = small.generate(prompts, adapter=a, **settings)
+        assert [[(c.text, c.n_tokens, c.truncated) for c in g] for g in got_small] == ref_small, a
+
+
+def test_generation_config_processors_keep_hf_generate(session_runs, tiny_base, tmp_path):
+    """A model whose generation_config.json adds a logits processor (here no_repeat_ngram_size) is decoded by HF
+    generate, which applies it, as before; a plain one by decode_rows."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from tina_probe.generate.decode import decodes_here
+
+    folder = tmp_path / "ngram-base"
+    shutil.copytree(tiny_base, folder)
+    config = GenerationConfig.from_pretrained(str(folder))
+    config.no_repeat_ngram_size = 2
+    config.save_pretrained(str(folder))
+    gen = HFGenerator(batch_size=8)
+    gen.load_base(str(folder))
+    assert not decodes_here(gen.model)
+    a10 = session_runs / "lab-lora" / "checkpoint-10"
+    settings = dict(n=2, temperature=1.0, top_p=1.0, max_tokens=8, seed=4)
+    for adapter in (None, a10):
+        got = gen.generate(PROMPTS, adapter=adapter, **settings)
+        ref = _old_path(folder, adapter, PROMPTS, batch_size=8, **settings)
+        assert [[(c.text, c.n_tokens, c.truncated) for c in g] for g in got] == ref
+    plain = HFGenerator()
+    plain.load_base(str(tiny_base))
+    assert decodes_here(plain.model)
+
+
+def test_lora_bank_blocks_equal_single_adapter_layers():
+    """k adapters over k blocks of rows (one batched matmul) equal each adapter's layer on its block, up to float
+    rounding: which BLAS kernel runs depends on the batch shape and thread count, so bitwise equality is not
+    promised (it often holds with one thread)."""
+    import torch
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 40)
+    a = [torch.randn(4, 24) for _ in range(3)]
+    b = [torch.randn(40, 4) for _ in range(3)]
+    scaling = [2.0, 0.5, 2.0]
+    x = torch.randn(3 * 5, 7, 24)
+    with torch.no_grad():
+        together = LoraBankLinear(base, a, b, scaling)(x)
+        for j in range(3):
+            alone = LoraBankLinear(base, a[j : j + 1], b[j : j + 1], scaling[j : j + 1])(x[j * 5 : (j + 1) * 5])
+            peft_math = base(x[j * 5 : (j + 1) * 5]) + torch.nn.functional.linear(
+                torch.nn.functional.linear(x[j * 5 : (j + 1) * 5], a[j]), b[j]) * scaling[j]
+            assert torch.allclose(together[j * 5 : (j + 1) * 5], alone, rtol=1e-5, atol=1e-5)
+            assert torch.allclose(alone, peft_math, rtol=1e-5, atol=1e-5)
+        # rows leave unevenly (block 1 empties): the layer pads the blocks back for its batched matmul
+        bank = LoraBankLinear(base, a, b, scaling)
+        rows = torch.tensor([0, 2, 3, 11, 12, 13, 14])
+        bank.plan.keep(torch.div(rows, 5, rounding_mode="floor"))
+        uneven = bank(x[rows])
+        for i, row in enumerate(rows.tolist()):
+            j = row // 5
+            alone = LoraBankLinear(base, a[j : j + 1], b[j : j + 1], scaling[j : j + 1])(x[row : row + 1])
+            assert torch.allclose(uneven[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def _lora_with(base, folder, seed, **config):
+    """A saved LoRA of every attention/MLP projection with the given LoraConfig fields and random non-zero B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or ("lora" in name and name.endswith("bias")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def varied_base(tmp_path_factory):
+    """A tiny Qwen2 whose greedy text varies (initializer_range 0.3; the 0.02 default echoes a special token)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conftest import make_tokenizer
+
+    folder = tmp_path_factory.mktemp("varied") / "base"
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+                      bos_token_id=None, initializer_range=0.3)
+    Qwen2ForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("config", [
+    dict(r=4, lora_alpha=3, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+         rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 7}),
+    dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], use_dora=True),
+    dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "gate_proj"], lora_bias=True),
+])
+def test_other_lora_configs_match_a_fresh_peft_model(varied_base, tmp_path, config):
+    """rsLoRA and rank/alpha patterns (read here), DoRA and LoRA biases (applied by peft itself): each equals a fresh
+    peft model, and the base is untouched afterwards."""
+    import torch
+
+    adapter = _lora_with(varied_base, tmp_path / "adapter", seed=5, **config)
+    gen = HFGenerator(batch_size=8)
+    gen.load_base(str(varied_base))
+    before = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    base_texts = [c[0].text for c in gen.generate(PROMPTS, adapter=None, **GREEDY)]
+    texts = [c[0].text for c in gen.generate(PROMPTS, adapter=adapter, **GREEDY)]
+    assert texts != base_texts
+    tok = gen.tokenizer
+    for text, ids in zip(texts, _fresh_greedy(varied_base, adapter, PROMPTS)):
+        kept = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+        assert text == tok.decode(kept, skip_special_tokens=True)
+    assert [c[0].text for c in gen.generate(PROMPTS, adapter=None, **GREEDY)] == base_texts
+    after = gen.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_in_place_merge_is_peft_merge_and_restores_the_base_bit_exactly(session_runs, tiny_base):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tina_probe.generate.lora_bank import merged_lora
+
+    a20 = session_runs / "lab-lora" / "checkpoint-20"
+    gen = HFGenerator(merge=True)
+    gen.load_base(str(tiny_base))
+    before = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    peft_merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base), use_safetensors=True, dtype=torch.float32),
+        str(a20)).merge_and_unload().state_dict()
+    with merged_lora(gen.model, gen._lora(a20), gen._pristine) as model:
+        merged = model.state_dict()
+        assert all(torch.equal(merged[k], peft_merged[k]) for k in merged)
+    gen.generate(PROMPTS, adapter=a20, **GREEDY)
+    after = gen.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_sampling_is_seeded_and_batch_padding_is_harmless(tiny_base):
@@ -148,9 +353,10 @@ def _fake_vllm(monkeypatch, calls):
 
         def generate(self, prompts, params, lora_request=None, use_tqdm=False):
             calls.append(("generate", lora_request))
-            tag = lambda r: r.lora_name if r is not None else "base"  # noqa: E731
+            tag = lambda r, p: (r.lora_name if r is not None else "base") + f"/{p.seed}"  # noqa: E731
             reqs = lora_request if isinstance(lora_request, list) else [lora_request] * len(prompts)
-            return [types.SimpleNamespace(outputs=[Out(tag(r))] * params.n) for r in reqs]
+            per = params if isinstance(params, list) else [params] * len(prompts)
+            return [types.SimpleNamespace(outputs=[Out(tag(r, p))] * p.n) for r, p in zip(reqs, per)]
 
     class LoRARequest:
         def __init__(self, name, int_id, path):
@@ -179,8 +385,12 @@ def test_vllm_backend_wiring_with_a_stand_in(monkeypatch, session_runs, tiny_bas
     assert init["dtype"] == "float32" and init["load_format"] == "safetensors" and not init["trust_remote_code"]
     reqs = [("1+2=?", None), ("1+2=?", a10), ("3+4=?", None), ("3+4=?", a20)]
     out = gen.generate_many(reqs, n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0)
-    assert [o[0].text for o in out] == ["base", "checkpoint-10", "base", "checkpoint-20"]
+    assert [o[0].text for o in out] == ["base/0", "checkpoint-10/0", "base/0", "checkpoint-20/0"]
     assert all(c.truncated and c.n_tokens == 3 for o in out for c in o)
+    jobs = [GenJob(("1+2=?", "3+4=?"), a10, 5), GenJob(("1+2=?",), None, 6), GenJob(("3+4=?",), a20, 7)]
+    got = gen.generate_jobs(jobs, n=2, temperature=1.0, top_p=1.0, max_tokens=4)
+    assert [[g[0].text for g in job] for job in got] == [["checkpoint-10/5"] * 2, ["base/6"], ["checkpoint-20/7"]]
+    assert all(len(g) == 2 for job in got for g in job)
     for kind, lora in calls[1:]:
         assert lora is None or all(r is not None for r in lora), "a vLLM call mixed base and LoRA prompts"
 

@@ -90,8 +90,9 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
           steps: Optional[str] = typer.Option(None, "--steps", help="comma separated steps to evaluate"),
           shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's share of the units"),
           limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each benchmark"),
-          merge: bool = typer.Option(False, "--merge", help="hf: merge each LoRA into a copy of the base (faster "
-                                                            "generation, same outputs up to float rounding)"),
+          merge: bool = typer.Option(False, "--merge", help="hf: merge each LoRA into the base weights in place "
+                                                            "(base speed per checkpoint, but no batching of "
+                                                            "checkpoints; outputs equal up to float rounding)"),
           out: Path = OUT):
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from tina_probe.benchmarks import Benchmark, load_benchmark
 from tina_probe.errors import TinaError
 from tina_probe.generate import Generator, SamplingSettings, make_generator
+from tina_probe.generate.base import GenJob, generate_jobs
 from tina_probe.runs import Checkpoint, Run, discover_runs
 from tina_probe.store import Store, stable_key
 
@@ -156,20 +157,46 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(stable_key("chunk", seed, chunk)[:12], 16)
 
 
-def generate_unit(gen: Generator, unit: Unit, s: SamplingSettings, batch_size: int, backend: str) -> pd.DataFrame:
-    """Generate and grade one unit's completions, chunk by chunk with a progress bar."""
-    bench, ckpt = unit.benchmark, unit.ckpt
-    adapter = Path(ckpt.path) if ckpt.kind == "lora" else None
-    prompts = [p.prompt for p in bench.problems]
+def _unit_adapter(unit: Unit) -> Path | None:
+    """The LoRA folder a unit generates with (None: the loaded model alone)."""
+    return Path(unit.ckpt.path) if unit.ckpt.kind == "lora" else None
+
+
+def unit_jobs(unit: Unit, s: SamplingSettings, batch_size: int) -> list[GenJob]:
+    """A unit's generate calls: chunks of batch_size // n prompts, chunk c seeded by _chunk_seed(seed, c)."""
+    prompts = [p.prompt for p in unit.benchmark.problems]
     per = max(1, batch_size // max(1, s.n))
-    completions = []
-    desc = f"{ckpt.run} step {ckpt.step} {bench.name}"
-    for c, start in enumerate(tqdm(range(0, len(prompts), per), desc=desc, unit="batch", leave=False)):
-        completions += gen.generate(prompts[start : start + per], adapter=adapter, n=s.n,
-                                    temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                    seed=_chunk_seed(s.seed, c))
+    return [GenJob(tuple(prompts[start : start + per]), _unit_adapter(unit), _chunk_seed(s.seed, c))
+            for c, start in enumerate(range(0, len(prompts), per))]
+
+
+def _graded(gen: Generator, unit: Unit, completions, s: SamplingSettings, backend: str) -> pd.DataFrame:
+    """A unit's samples rows from its completions (problem order)."""
+    bench = unit.benchmark
+    prompts = [p.prompt for p in bench.problems]
     think = think_in_prompt(gen.render(prompts[0]), bench) if prompts else bench.think_in_prompt
-    return grade_rows(ckpt, bench, completions, s, think=think, backend=backend)
+    return grade_rows(unit.ckpt, bench, completions, s, think=think, backend=backend)
+
+
+def generate_units(gen: Generator, units: Sequence[Unit], s: SamplingSettings, batch_size: int,
+                   backend: str) -> Iterator[tuple[Unit, pd.DataFrame]]:
+    """(unit, graded rows) for each unit, as soon as its completions exist: one generate_jobs call for all the
+    units when the backend batches jobs itself (several adapters per forward pass), else unit by unit."""
+    settings = dict(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+    if getattr(gen, "generate_jobs", None) is None:
+        for u in units:
+            results = generate_jobs(gen, unit_jobs(u, s, batch_size), **settings)
+            yield u, _graded(gen, u, [g for r in results for g in r], s, backend)
+        return
+    jobs = [unit_jobs(u, s, batch_size) for u in units]
+    results = iter(generate_jobs(gen, [j for js in jobs for j in js], **settings))
+    for u, js in zip(units, jobs):
+        yield u, _graded(gen, u, [g for _ in js for g in next(results)], s, backend)
+
+
+def generate_unit(gen: Generator, unit: Unit, s: SamplingSettings, batch_size: int, backend: str) -> pd.DataFrame:
+    """Generate and grade one unit's completions."""
+    return next(generate_units(gen, [unit], s, batch_size, backend))[1]
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -182,19 +209,49 @@ def _todo(store: Store, u: Unit) -> bool:
     return not (u.ckpt.kind == "base" and store.has_part(BASE_CACHE, u.gen_key))
 
 
-def _run_unit(store: Store, gen: Generator, u: Unit, s: SamplingSettings, batch_size: int, backend: str) -> None:
-    """Produce one unit's samples part (from the shared base cache when possible)."""
-    if store.has_part("samples", u.key):
-        return
+def _save_generated(store: Store, u: Unit, rows: pd.DataFrame) -> None:
+    """Store a generated unit: a base's rows go to the shared base cache (every run's step 0 reads them)."""
     if u.ckpt.kind == "base":
-        if not store.has_part(BASE_CACHE, u.gen_key):
-            rows = generate_unit(gen, u, s, batch_size, backend)
-            store.write_part(BASE_CACHE, u.gen_key, rows.drop(columns=["run"]))
-        rows = store.read_part(BASE_CACHE, u.gen_key)
-        rows.insert(0, "run", u.ckpt.run)
+        store.write_part(BASE_CACHE, u.gen_key, rows.drop(columns=["run"]))
     else:
-        rows = generate_unit(gen, u, s, batch_size, backend)
+        store.write_part("samples", u.key, rows)
+
+
+def _finish_unit(store: Store, u: Unit) -> bool:
+    """Write a unit's samples part from what is stored (a base from the shared cache); False while not generated."""
+    if store.has_part("samples", u.key):
+        return True
+    if u.ckpt.kind != "base" or not store.has_part(BASE_CACHE, u.gen_key):
+        return False
+    rows = store.read_part(BASE_CACHE, u.gen_key)
+    rows.insert(0, "run", u.ckpt.run)
     store.write_part("samples", u.key, rows)
+    return True
+
+
+def _pending(store: Store, group: Sequence[Unit]) -> list[Unit]:
+    """The units to generate, in order: one per generation key (runs sharing a base generate its step 0 once)."""
+    pending: dict[str, Unit] = {}
+    for u in group:
+        if _todo(store, u):
+            pending.setdefault(u.gen_key, u)
+    return list(pending.values())
+
+
+def _waves(units: Sequence[Unit], s: SamplingSettings, batch_size: int) -> list[list[Unit]]:
+    """Consecutive units whose rows (problems x n) fit in one batch together: generated in one call, so that a
+    backend can batch them; a larger unit goes alone (resume granularity stays one unit there)."""
+    waves: list[list[Unit]] = []
+    rows = 0
+    for u in units:
+        size = len(u.benchmark.problems) * s.n
+        if waves and rows + size <= batch_size:
+            waves[-1].append(u)
+            rows += size
+        else:
+            waves.append([u])
+            rows = size
+    return waves
 
 
 def _model_groups(units: Sequence[Unit]) -> list[tuple[str, str | None, list[Unit]]]:
@@ -206,25 +263,31 @@ def _model_groups(units: Sequence[Unit]) -> list[tuple[str, str | None, list[Uni
     return [(model, tok, us) for (model, tok), us in groups.items()]
 
 
-def sweep(store: Store, gen: Generator, units: Sequence[Unit], s: SamplingSettings, *, batch_size: int,
+def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: SamplingSettings, *, batch_size: int,
           backend: str) -> int:
     """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run."""
-    ran = 0
     todo = {u.key for u in units if _todo(store, u)}
-    bar = tqdm(total=len(todo), desc="eval units", unit="unit")
+    bar = tqdm(total=len(todo), desc="eval units", unit="unit", disable=not todo)
+    finished: set[str] = set()
+
+    def finish(candidates):
+        for u in candidates:
+            if u.key not in finished and _finish_unit(store, u):
+                finished.add(u.key)
+                bar.update(u.key in todo)
+
     for model, tokenizer, group in _model_groups(units):
-        if not any(_todo(store, u) for u in group):
-            for u in group:  # base rows cached by another run: only the per-run part is missing
-                _run_unit(store, gen, u, s, batch_size, backend)
-            continue
-        adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
-        gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
-        for u in group:
-            ran += _todo(store, u)
-            _run_unit(store, gen, u, s, batch_size, backend)
-            bar.update(u.key in todo)
+        pending = _pending(store, group)
+        if pending:
+            adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
+            gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
+            for wave in _waves(pending, s, batch_size):
+                for u, rows in generate_units(gen, wave, s, batch_size, backend):
+                    _save_generated(store, u, rows)
+                    finish(v for v in group if v.gen_key == u.gen_key)
+        finish(group)
     bar.close()
-    return ran
+    return len(todo)
 
 
 def summarize(store: Store) -> dict[str, pd.DataFrame]:
@@ -322,12 +385,8 @@ def run_eval(
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):
         gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only, LoRA merged per ckpt
-    try:
-        if gen is not None:
-            sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
-        else:  # everything was generated already: only per-run copies of shared base rows may be missing
-            for u in units:
-                _run_unit(store, None, u, settings, batch_size, backend)  # type: ignore[arg-type]
+    try:  # without a generator everything was generated already: only per-run copies of base rows may be missing
+        sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
     finally:
         if gen is not None and generator is None:
             gen.close()

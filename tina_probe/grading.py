@@ -84,7 +84,14 @@ def grade(
     completion: str, gold: str | int | float, *, truncated: bool = False, think_in_prompt: bool = False
 ) -> Grade:
     """Grade one completion: strict needs the format and its single boxed answer; lenient reads anywhere."""
-    gold_text = normalize_gold(gold)
+    return _grade(completion, normalize_gold(gold), bool(truncated), bool(think_in_prompt), _timeout())
+
+
+@lru_cache(maxsize=4096)  # completions can be long: a bounded cache (tens of MB at most)
+def _grade(completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None) -> Grade:
+    """grade() of a normalized gold, cached: a sweep meets the same completion often (greedy checkpoints that
+    agree, short sampled answers) and math-verify takes ~1 ms per parse. `timeout` (main thread or not) is part of
+    the key only: a parse cut by the alarm is not reused by a thread that would run it to the end."""
     report = format_report(completion, truncated=truncated, think_in_prompt=think_in_prompt)
     after = boxed_contents(answer_region(completion))
     strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + after[0] + "}"))

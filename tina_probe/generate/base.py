@@ -27,6 +27,15 @@ class SamplingSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class GenJob:
+    """One generate call's worth of work: prompts, the LoRA adapter (None: the model alone) and the call's seed."""
+
+    prompts: tuple[str, ...]
+    adapter: Path | None
+    seed: int
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A text-generation backend over one base model at a time, with LoRA adapters swapped in per call."""
@@ -55,3 +64,15 @@ class Generator(Protocol):
 
     def close(self) -> None:
         """Free the model(s)."""
+
+
+def generate_jobs(gen, jobs: Sequence[GenJob], *, n: int, temperature: float, top_p: float,
+                  max_tokens: int) -> list[list[list[Completion]]]:
+    """Completions of several generate calls at once: the backend's own `generate_jobs` when it has one (it may batch
+    jobs together, e.g. several adapters in one forward pass, with every job's result unchanged), else one
+    `generate` call per job."""
+    kw = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    many = getattr(gen, "generate_jobs", None)
+    if many is not None:
+        return many(jobs, **kw)
+    return [gen.generate(list(j.prompts), adapter=j.adapter, seed=j.seed, **kw) for j in jobs]

@@ -1,11 +1,14 @@
-"""transformers + peft backend: one base load per base model, LoRA adapters hot-swapped on one PeftModel."""
+"""transformers backend: one base load per base model; LoRA adapters applied by light wrappers around the targeted
+nn.Linear modules (several adapters in one batch, one per block of rows), peft for adapters that are not plain LoRA."""
 
 from __future__ import annotations
 
 import copy
 import gc
 import hashlib
-from contextlib import nullcontext
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -13,9 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from tina_probe.errors import TinaError
-from tina_probe.generate.base import Completion
+from tina_probe.generate.base import Completion, GenJob
+from tina_probe.generate.decode import BlockSampler, decode_rows, decodes_here
+from tina_probe.generate.lora_bank import (PlainLora, RowPlan, lora_bank, lora_compute_dtype, merged_lora,
+                                           read_plain_lora)
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+ADAPTER_CACHE = 16  # adapters kept read in memory (LRU): a sweep's adapters of one stack and the next
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -42,10 +49,28 @@ def _has_tokenizer(folder: str) -> bool:
     return not p.is_dir() or any((p / f).is_file() for f in _TOKENIZER_FILES)
 
 
-class HFGenerator:
-    """Sampling with transformers' generate; LoRA via load_adapter / set_adapter / delete_adapter on one PeftModel.
+# ----------------------------------------------------------------------------- the generator
 
-    merge=True instead merges each adapter into a copy of the base (faster generation, one copy in memory)."""
+
+@dataclass(frozen=True)
+class _Block:
+    """One batch of one job: its prompts, adapter folder and torch seed (what one old per-batch generate got)."""
+
+    job: int
+    prompts: tuple[str, ...]
+    adapter: Path | None
+    seed: int
+
+
+class HFGenerator:
+    """Sampling from one base load with transformers models; LoRA adapters applied per batch, several at once.
+
+    Plain LoRA adapters (the usual kind) are read from their safetensors and applied by LoraBankLinear wrappers that
+    exist only during generation; jobs with the same prompts and different adapters share one forward pass (rows of
+    one block per adapter) within batch_size rows. merge=True instead merges each adapter into the base weights in
+    place for its generation (base speed; outputs equal up to float rounding) and restores them bit-exactly.
+    Adapters that are not plain LoRA (DoRA, LoRA biases, saved modules, ...) go through peft itself. Decoding is
+    decode_rows (finished rows leave the batch) where it reproduces HF generate, else HF generate itself."""
 
     def __init__(self, *, device: str | None = None, dtype: torch.dtype | None = None, batch_size: int = 64,
                  merge: bool = False):
@@ -54,11 +79,13 @@ class HFGenerator:
         self.batch_size = max(1, int(batch_size))
         self.merge = merge
         self.base: str | None = None
-        self.model = None  # the plain base model (wrapped in place by peft once an adapter is used)
+        self.model = None
         self.tokenizer = None
-        self._peft = None
-        self._merged: tuple[str, torch.nn.Module] | None = None  # (adapter folder, merged copy)
-        self._pristine = None  # a copy of the base kept for merging (merge=True only)
+        self._loras: OrderedDict[tuple, PlainLora | None] = OrderedDict()  # (folder, mtime) -> read adapter
+        self._pristine: dict[str, torch.Tensor] = {}  # merge=True: original weights of merged modules
+        self._merged_copy: tuple[str, torch.nn.Module] | None = None  # merge=True, peft adapters: merged copy
+        self._encoded: OrderedDict[tuple[str, ...], dict] = OrderedDict()  # prompts -> tokenized batch
+        self._rendered: dict[str, str] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -85,57 +112,89 @@ class HFGenerator:
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
         self.base = base
-        if self.merge:
-            self._pristine = self.model
 
-    def _adapter_model(self, adapter: Path):
-        """The model to generate with for one adapter (hot-swapped, or a merged copy when merge=True)."""
+    def _lora(self, adapter: Path) -> PlainLora | None:
+        """The adapter read as plain LoRA (cached, LRU), or None when peft must apply it."""
+        folder = Path(adapter)
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise TinaError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are read)")
+        key = (str(folder.resolve()), weights.stat().st_mtime_ns)
+        if key not in self._loras:
+            self._loras[key] = read_plain_lora(folder.resolve(), self.model,
+                                               lora_compute_dtype(self.model.dtype), self.device)
+            while len(self._loras) > ADAPTER_CACHE:
+                self._loras.popitem(last=False)
+        self._loras.move_to_end(key)
+        return self._loras[key]
+
+    @contextmanager
+    def _peft_model(self, adapter: Path):
+        """peft's own model for an adapter that is not plain LoRA: wrapped for this call and unwrapped after
+        (merge=True: merge_and_unload on a copy of the base, kept for the next call with the same adapter)."""
         from peft import PeftModel
 
-        folder = Path(adapter)
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise TinaError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are read)")
-        key = str(folder.resolve())
+        key = str(Path(adapter).resolve())
         if self.merge:
-            if self._merged is None or self._merged[0] != key:
-                self._merged = None
-                gc.collect()
-                merged = PeftModel.from_pretrained(copy.deepcopy(self._pristine), key, is_trainable=False)
-                self._merged = (key, merged.merge_and_unload().eval())
-            return self._merged[1]
-        name = adapter_name(folder)
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self.model, key, adapter_name=name, is_trainable=False).eval()
-        elif name not in self._peft.peft_config:
-            self._peft.load_adapter(key, adapter_name=name, is_trainable=False)
-        self._peft.set_adapter(name)
-        for old in [n for n in list(self._peft.peft_config) if n != name]:
-            self._peft.delete_adapter(old)  # one adapter resident at a time: memory stays flat over a sweep
-        return self._peft
+            if self._merged_copy is None or self._merged_copy[0] != key:
+                self._merged_copy = None
+                merged = PeftModel.from_pretrained(copy.deepcopy(self.model), key, is_trainable=False)
+                self._merged_copy = (key, merged.merge_and_unload().eval())
+            yield self._merged_copy[1]
+            return
+        wrapped = PeftModel.from_pretrained(self.model, key, adapter_name=adapter_name(Path(key)),
+                                            is_trainable=False).eval()
+        try:
+            yield wrapped
+        finally:
+            self.model = wrapped.unload()  # the base's own modules back in place
 
-    def _model_for(self, adapter: Path | None):
-        """(model, context) for one call: the base runs with peft's adapters disabled once it has been wrapped."""
-        if adapter is not None:
-            return self._adapter_model(adapter), nullcontext()
-        if self._peft is not None:
-            return self._peft, self._peft.disable_adapter()
-        return self.model, nullcontext()
+    @contextmanager
+    def _applied(self, adapters: Sequence[Path | None]):
+        """(model, row plan or None) to run a stack of blocks with (one adapter per block; all None: the base)."""
+        if all(a is None for a in adapters):
+            yield self.model, None
+            return
+        loras = [None if a is None else self._lora(a) for a in adapters]
+        if len(adapters) == 1 and loras[0] is None:
+            with self._peft_model(adapters[0]) as model:
+                yield model, None
+        elif self.merge:
+            with merged_lora(self.model, loras[0], self._pristine) as model:
+                yield model, None
+        else:
+            with lora_bank(self.model, loras) as (model, plan):
+                yield model, plan
 
     # ------------------------------------------------------------------ generation
 
     def render(self, prompt: str) -> str:
         """The prompt through the tokenizer's chat template (with the generation prompt) when it has one."""
         tok = self._require()
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(
+        if prompt not in self._rendered:
+            if len(self._rendered) > 65536:
+                self._rendered.clear()
+            self._rendered[prompt] = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        return prompt
+            ) if getattr(tok, "chat_template", None) else prompt
+        return self._rendered[prompt]
 
     def _require(self):
         if self.tokenizer is None:
             raise RuntimeError("HFGenerator: call load_base() before generating")
         return self.tokenizer
+
+    def _encode(self, prompts: tuple[str, ...]) -> dict:
+        """The left-padded token batch of rendered prompts (cached: a sweep sends the same chunks per checkpoint)."""
+        if prompts not in self._encoded:
+            tok = self.tokenizer
+            add_special = not getattr(tok, "chat_template", None)  # a chat template already adds what it needs
+            enc = tok([self.render(p) for p in prompts], return_tensors="pt", padding=True,
+                      add_special_tokens=add_special, return_token_type_ids=False)
+            self._encoded[prompts] = {k: v.to(self.device) for k, v in enc.items()}
+            while len(self._encoded) > 256:
+                self._encoded.popitem(last=False)
+        return self._encoded[prompts]
 
     def _eos_ids(self, model) -> set[int]:
         ids = set()
@@ -145,10 +204,12 @@ class HFGenerator:
                 ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         return {int(i) for i in ids}
 
-    def _generation_config(self, eos_ids, n, temperature, top_p, max_tokens) -> GenerationConfig:
-        """Every sampling knob set explicitly, so a checkpoint's generation_config.json cannot change results."""
+    def _generation_config(self, eos_ids, temperature, top_p, max_tokens) -> GenerationConfig:
+        """Every sampling knob set explicitly, so a checkpoint's generation_config.json cannot change them (its other
+        entries, e.g. no_repeat_ngram_size, still apply in HF generate). One sequence per row: rows come expanded
+        n times, as HF's num_return_sequences would expand them (which greedy search refuses for n > 1)."""
         common = dict(
-            max_new_tokens=int(max_tokens), min_new_tokens=0, num_return_sequences=int(n), num_beams=1,
+            max_new_tokens=int(max_tokens), min_new_tokens=0, num_return_sequences=1, num_beams=1,
             repetition_penalty=1.0, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos_ids),
         )
         if temperature > 0:
@@ -156,36 +217,112 @@ class HFGenerator:
                                     **common)
         return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, **common)
 
+    def _stacks(self, blocks: Sequence[_Block], n: int) -> list[list[_Block]]:
+        """Blocks that run together: same prompts, plain LoRA adapters of equal shapes (the base joins them as a zero
+        adapter: its output is unchanged, x + 0 == x), at most batch_size rows; merge=True, peft-applied adapters and
+        models that decode_rows does not cover run one block at a time."""
+        groups: dict[tuple, list[_Block]] = {}
+        together = decodes_here(self.model)  # else HF generate runs each block with its own global seed
+        for blk in blocks:
+            if not together:
+                kind = ("one", blk.job, blk.seed)
+            elif blk.adapter is None:
+                kind = ("base",)
+            else:
+                lora = self._lora(blk.adapter)
+                kind = ("one", blk.job, blk.seed) if lora is None or self.merge else ("lora", lora.signature)
+            groups.setdefault((blk.prompts, kind), []).append(blk)
+        for prompts, kind in [key for key in groups if key[1] == ("base",)]:
+            joined = next((key for key in groups if key[0] == prompts and key[1][0] == "lora"), None)
+            if joined is not None:
+                groups[joined] = groups.pop((prompts, kind)) + groups[joined]
+        stacks = []
+        for (prompts, _), members in groups.items():
+            per = max(1, self.batch_size // max(1, len(prompts) * n))
+            stacks += [members[i : i + per] for i in range(0, len(members), per)]
+        return stacks
+
+    def _hf_generate(self, model, blk: _Block, eos_ids: set[int], *, n: int, temperature: float, top_p: float,
+                     max_tokens: int) -> list[list[int]]:
+        """New tokens of one block by HF generate, HF's own sampling after torch.manual_seed(block seed): for models
+        and adapters that decode_rows does not cover."""
+        enc = {name: t.repeat_interleave(n, dim=0) for name, t in self._encode(blk.prompts).items()}
+        torch.manual_seed(blk.seed)
+        seqs = model.generate(**enc, generation_config=self._generation_config(eos_ids, temperature, top_p,
+                                                                               max_tokens))
+        return seqs[:, enc["input_ids"].shape[1] :].tolist()
+
+    def _decode_stack(self, model, plan: RowPlan | None, stack: Sequence[_Block], eos_ids: set[int], *, n: int,
+                      temperature: float, top_p: float, max_tokens: int) -> list[list[int]]:
+        """New tokens of a stack of blocks (same prompts) in one decode_rows batch, block after block."""
+        k, rows = len(stack), len(stack[0].prompts) * n
+        # each prompt n times in a row (what HF's num_return_sequences does), then the batch once per block
+        enc = {name: t.repeat_interleave(n, dim=0).repeat(k, 1) for name, t in self._encode(stack[0].prompts).items()}
+        sampler = BlockSampler([blk.seed for blk in stack], rows, temperature, top_p, self.device) \
+            if temperature > 0 else None
+        return decode_rows(model, enc["input_ids"], enc["attention_mask"], max_tokens=max_tokens, eos_ids=eos_ids,
+                           pad_id=self.tokenizer.pad_token_id, sampler=sampler, plan=plan,
+                           rows_per_block=rows).tolist()
+
+    def _run_stack(self, stack: Sequence[_Block], *, n: int, temperature: float, top_p: float,
+                   max_tokens: int) -> list[list[list[Completion]]]:
+        """Generate a stack of blocks: per block, n completions per prompt."""
+        tok, rows = self.tokenizer, len(stack[0].prompts) * n
+        settings = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        with self._applied([blk.adapter for blk in stack]) as (model, plan):
+            eos_ids = self._eos_ids(model)
+            if decodes_here(model):
+                new = self._decode_stack(model, plan, stack, eos_ids, **settings)
+            else:
+                new = self._hf_generate(model, stack[0], eos_ids, **settings)  # stacks of one (_stacks)
+        out = []
+        for j, blk in enumerate(stack):
+            groups = []
+            for i in range(len(blk.prompts)):
+                group = []
+                for row in new[j * rows + i * n : j * rows + (i + 1) * n]:
+                    kept, n_tok, truncated = split_completion(row, eos_ids, max_tokens)
+                    group.append(Completion(tok.decode(kept, skip_special_tokens=True), n_tok, truncated))
+                groups.append(group)
+            out.append(groups)
+        return out
+
     @torch.inference_mode()
+    def generate_jobs(self, jobs: Sequence[GenJob], *, n: int, temperature: float, top_p: float,
+                      max_tokens: int) -> list[list[list[Completion]]]:
+        """Each job's completions as its own generate call would give them (same seeds and random streams; logits equal
+        up to float rounding, since batch shapes differ; identical completions on the lab checkpoints, tested): a
+        job's prompts go in batches of batch_size // n, batch b sampled from seed batch_seed(job seed, b); batches of
+        different jobs with the same prompts share forward passes."""
+        self._require()
+        per_batch = max(1, self.batch_size // max(1, n))
+        blocks = [_Block(j, tuple(job.prompts[s : s + per_batch]), job.adapter, batch_seed(job.seed, b))
+                  for j, job in enumerate(jobs) for b, s in enumerate(range(0, len(job.prompts), per_batch))]
+        done: dict[int, list[list[Completion]]] = {}
+        for stack in self._stacks(blocks, n):
+            results = self._run_stack(stack, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+            for blk, res in zip(stack, results):
+                done[id(blk)] = res
+        out: list[list[list[Completion]]] = [[] for _ in jobs]
+        for blk in blocks:
+            out[blk.job] += done[id(blk)]
+        return out
+
     def generate(self, prompts: list[str], *, adapter: Path | None, n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int) -> list[list[Completion]]:
         """n completions per prompt; left-padded batches, one torch seed per batch."""
-        tok = self._require()
-        model, ctx = self._model_for(adapter)
-        eos_ids = self._eos_ids(model)
-        gen_config = self._generation_config(eos_ids, n, temperature, top_p, max_tokens)
-        add_special = not getattr(tok, "chat_template", None)  # a chat template already adds what it needs
-        per_batch = max(1, self.batch_size // max(1, n))
-        out: list[list[Completion]] = []
-        with ctx:
-            for b, start in enumerate(range(0, len(prompts), per_batch)):
-                texts = [self.render(p) for p in prompts[start : start + per_batch]]
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(self.device)
-                torch.manual_seed(batch_seed(seed, b))
-                seqs = model.generate(**enc, generation_config=gen_config)
-                new = seqs[:, enc["input_ids"].shape[1] :].tolist()
-                for i in range(len(texts)):
-                    group = []
-                    for row in new[i * n : (i + 1) * n]:
-                        kept, n_tok, truncated = split_completion(row, eos_ids, max_tokens)
-                        group.append(Completion(tok.decode(kept, skip_special_tokens=True), n_tok, truncated))
-                    out.append(group)
-        return out
+        job = GenJob(tuple(prompts), None if adapter is None else Path(adapter), int(seed))
+        return self.generate_jobs([job], n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)[0]
 
     def close(self) -> None:
-        """Drop the model, adapters and merged copies."""
-        self.model = self._peft = self._merged = self._pristine = self.tokenizer = None
+        """Drop the model, read adapters and caches (a full gc and cache flush only on CUDA, where memory waits
+        for them; on CPU a gc.collect costs ~0.25 s per call and frees nothing reference counting does not)."""
+        self.model = self._merged_copy = self.tokenizer = None
+        self._loras.clear()
+        self._pristine.clear()
+        self._encoded.clear()
+        self._rendered.clear()
         self.base = None
-        gc.collect()
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":
+            gc.collect()
             torch.cuda.empty_cache()

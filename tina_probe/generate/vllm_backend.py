@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_probe.errors import TinaError
-from tina_probe.generate.base import Completion
+from tina_probe.generate.base import Completion, GenJob
 
 # vLLM accepts only these max_lora_rank values (vllm.config.lora.MaxLoRARanks)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -169,16 +169,22 @@ class VLLMGenerator:
             raise TinaError(f"{adapter}: adapter was not announced to load_base(adapters=...)")
         return LoRARequest(Path(key).name or key, self._ids[key], key)
 
-    def generate_many(self, requests: Sequence[tuple[str, Path | None]], *, n: int, temperature: float,
-                      top_p: float, max_tokens: int, seed: int) -> list[list[Completion]]:
-        """Completions for (prompt, adapter) pairs; calls planned by plan_batches so base and LoRA never mix."""
+    def _sampling_params(self, *, n: int, temperature: float, top_p: float, max_tokens: int, seed: int):
+        """vLLM's SamplingParams for our settings (top_k off, as the hf backend; a per-request seed)."""
         vllm, _ = _import_vllm()
-        params = vllm.SamplingParams(n=int(n), temperature=float(temperature), top_p=float(top_p), top_k=-1,
-                                     max_tokens=int(max_tokens), seed=int(seed))
+        return vllm.SamplingParams(n=int(n), temperature=float(temperature), top_p=float(top_p), top_k=-1,
+                                   max_tokens=int(max_tokens), seed=int(seed))
+
+    def _run(self, requests: Sequence[tuple[str, Path | None, object]]) -> list[list[Completion]]:
+        """Completions for (prompt, adapter, SamplingParams) triples; calls planned by plan_batches so that base and
+        LoRA prompts never mix (each request keeps its own params: its seed gives it its own random stream)."""
         results: list[list[Completion] | None] = [None] * len(requests)
-        for batch in plan_batches([a for _, a in requests], self.max_loras):
+        for batch in plan_batches([a for _, a, _ in requests], self.max_loras):
             prompts = [self._token_prompt(requests[i][0]) for i in batch]
             loras = [self._lora_request(requests[i][1]) for i in batch]
+            params = [requests[i][2] for i in batch]
+            if all(p is params[0] for p in params):
+                params = params[0]
             outputs = self.llm.generate(prompts, params, lora_request=loras if any(loras) else None,
                                         use_tqdm=False)
             for i, req_out in zip(batch, outputs):
@@ -186,6 +192,25 @@ class VLLMGenerator:
                     Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in req_out.outputs
                 ]
         return results  # type: ignore[return-value]
+
+    def generate_many(self, requests: Sequence[tuple[str, Path | None]], *, n: int, temperature: float,
+                      top_p: float, max_tokens: int, seed: int) -> list[list[Completion]]:
+        """Completions for (prompt, adapter) pairs; calls planned by plan_batches so base and LoRA never mix."""
+        params = self._sampling_params(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        return self._run([(p, a, params) for p, a in requests])
+
+    def generate_jobs(self, jobs: Sequence[GenJob], *, n: int, temperature: float, top_p: float,
+                      max_tokens: int) -> list[list[list[Completion]]]:
+        """Each job's completions as its own generate call would give them, all jobs in as few engine calls as
+        plan_batches allows (vLLM batches them; each job keeps its seed)."""
+        params = {seed: self._sampling_params(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                              seed=seed) for seed in dict.fromkeys(j.seed for j in jobs)}
+        flat = self._run([(p, j.adapter, params[j.seed]) for j in jobs for p in j.prompts])
+        out, start = [], 0
+        for j in jobs:
+            out.append(flat[start : start + len(j.prompts)])
+            start += len(j.prompts)
+        return out
 
     def generate(self, prompts: list[str], *, adapter: Path | None, n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int) -> list[list[Completion]]:
