@@ -1,5 +1,5 @@
-"""Benchmark: `tina-probe eval` over 8 lab LoRA checkpoints vs a fresh model load per checkpoint and vs lm-eval
-per checkpoint (same problems, greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
+"""Benchmark: `tina-probe eval` over 8 lab LoRA checkpoints vs a fresh model load per checkpoint (tina-probe's
+generator, and a plain transformers + peft loop as information) and vs lm-eval per checkpoint (same problems, greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
 
 Every part runs in this process (vLLM's engine too) or in child processes it waits for (lm-eval's), so goals are
 judged on CPU seconds, with the wall clock printed beside them: on a shared machine the wall clock swings 2-10x
@@ -132,6 +132,31 @@ def sweep_reload(base: Path, ckpts: list[Path], prompts: list[str]) -> dict:
     return texts
 
 
+def sweep_reload_peft(base: Path, ckpts: list[Path], prompts: list[str], batch_size: int = 64) -> dict:
+    """The loop a user writes without tina-probe: per checkpoint, transformers' from_pretrained + peft's
+    PeftModel.from_pretrained, then generate (greedy, left-padded chat-template prompts); no tina-probe code."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = {}
+    for ck in ckpts:
+        tok = AutoTokenizer.from_pretrained(str(base))
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, use_safetensors=True)
+        model = PeftModel.from_pretrained(model, str(ck)).eval()
+        rendered = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                            tokenize=False) for p in prompts]
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(rendered), batch_size):
+                enc = tok(rendered[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                seqs = model.generate(**enc, do_sample=False, max_new_tokens=MAX_TOKENS, pad_token_id=tok.pad_token_id)
+                out += tok.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts[ck] = out
+        del model
+    return texts
+
+
 def sweep_lmeval(base: Path, ckpts: list[Path], task_dir: Path, batch_size: int) -> dict:
     """lm_eval.simple_evaluate once per checkpoint (hf model + peft): {ckpt: (metrics, responses, prompts)}."""
     import logging
@@ -156,7 +181,7 @@ def sweep_lmeval(base: Path, ckpts: list[Path], task_dir: Path, batch_size: int)
 def time_sweeps(base, run, ckpts, steps, problems, task_dir, tmp, repeats, has_vllm):
     """(wall, CPU) seconds of each sweep (run_eval hf, fresh reloads, lm-eval, run_eval vllm), back to back per
     repeat; and the last repeat's outputs."""
-    names = ("run_eval(hf)", "reload loop", "lm-eval") + (("run_eval(vllm)",) if has_vllm else ())
+    names = ("run_eval(hf)", "reload loop", "reload (peft)", "lm-eval") + (("run_eval(vllm)",) if has_vllm else ())
     times = {k: [] for k in names}
     prompts, out = [p.prompt for p in problems], {}
     for r in range(repeats):
@@ -164,6 +189,8 @@ def time_sweeps(base, run, ckpts, steps, problems, task_dir, tmp, repeats, has_v
         times["run_eval(hf)"].append(t)
         t, out["reload"] = timed(sweep_reload, base, ckpts, prompts)
         times["reload loop"].append(t)
+        t, out["reload_peft"] = timed(sweep_reload_peft, base, ckpts, prompts)
+        times["reload (peft)"].append(t)
         t, out["lm"] = timed(sweep_lmeval, base, ckpts, task_dir, batch_size=64)
         times["lm-eval"].append(t)
         if has_vllm:
@@ -251,10 +278,12 @@ def check_same_work(base, ckpts, steps, problems, out) -> None:
     by_step = {s: list(samples[samples["step"] == s].sort_values("problem_id")["completion"]) for s in steps}
     order = sorted(range(len(problems)), key=lambda i: problems[i].id)
     same_reload = all(by_step[s] == [out["reload"][c][i] for i in order] for s, c in zip(steps, ckpts))
+    same_peft = sum(by_step[s] == [out["reload_peft"][c][i] for i in order] for s, c in zip(steps, ckpts))
     same_lm = sum(by_step[s] == [lm[c][1][i] for i in order] for s, c in zip(steps, ckpts))
     rendered = [tok.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True,
                                         tokenize=False) for p in problems]
     same_ctx = all(lm[c][2] == rendered for c in ckpts)
+    print(f"check    transformers+peft reload loop completions == run_eval's on {same_peft}/{len(ckpts)} checkpoints")
     print(f"check    reload-loop completions == run_eval's: {same_reload}; lm-eval prompts == ours: {same_ctx}; "
           f"lm-eval completions == run_eval's on {same_lm}/{len(ckpts)} checkpoints")
     if "samples_vllm" in out:
@@ -323,6 +352,8 @@ def main() -> None:
         for other, goal in (("reload loop", 3), ("lm-eval", 5)):
             label = "fresh load per checkpoint" if other == "reload loop" else "lm-eval per checkpoint"
             line(f"{ours} vs {label}", per_repeat_ratio(times, other, ours), goal)
+        if ours == "run_eval(hf)":  # the same goal against the loop a user writes without tina-probe: info only
+            line("  vs transformers+peft load per checkpoint", per_repeat_ratio(times, "reload (peft)", ours), None)
     line("greedy accuracies equal (run_eval, lm-eval)", (float(agree), float(agree)), 1, unit="")
     line("LoRA tokens/s / base tokens/s (hf)", medians(ratios["hf lora/base"]), 0.9)
     line("  same, LoRA merged in place (hf, --merge)", medians(ratios["hf merged lora/base"]), None)
