@@ -1,5 +1,6 @@
 """Benchmark: `tina-probe eval` over 8 lab LoRA checkpoints vs a fresh model load per checkpoint (tina-probe's
-generator, and a plain transformers + peft loop as information) and vs lm-eval per checkpoint (same problems, greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
+generator, and a plain transformers + peft loop as information) and vs lm-eval per checkpoint (same problems,
+greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
 
 Every part runs in this process (vLLM's engine too) or in child processes it waits for (lm-eval's), so goals are
 judged on CPU seconds, with the wall clock printed beside them: on a shared machine the wall clock swings 2-10x
