@@ -72,15 +72,24 @@ def figure_training(curves: pd.DataFrame, phases: pd.DataFrame, folder: Path) ->
 
 
 def figure_eval(df: pd.DataFrame, hue: str, phases: pd.DataFrame, metrics: dict, folder: Path, name: str) -> str:
-    """Eval curves with 95% CI bands per run (columns) and benchmark (rows); change points of `metrics`
+    """Eval curves with 95% CI bands per run and benchmark (one panel each); change points of `metrics`
     (eval metric name -> hue value) drawn as dashed lines with bands."""
-    g = sns.FacetGrid(df, col="run", row="benchmark", hue=hue, height=2.6, aspect=1.3, sharey=True,
-                      margin_titles=True)
+    one_each = df.groupby("run")["benchmark"].nunique().max() == 1
+    if one_each:  # one benchmark per run (the usual case): one panel per run, wrapped, no empty panels
+        df = df.assign(panel=df["run"] + " · " + df["benchmark"])
+        n = df["panel"].nunique()
+        g = sns.FacetGrid(df, col="panel", col_wrap=min(3, n), hue=hue, height=2.6, aspect=1.3, sharey=True)
+        where = df.drop_duplicates("panel").set_index("panel")[["benchmark", "run"]]
+        panels = {tuple(where.loc[k]): ax for k, ax in g.axes_dict.items()}
+    else:
+        g = sns.FacetGrid(df, col="run", row="benchmark", hue=hue, height=2.6, aspect=1.3, sharey=True,
+                          margin_titles=True)
+        panels = g.axes_dict
     g.map_dataframe(_band_plot)
     g.add_legend()
     cps = phases[(phases["source"] == "eval") & (phases["method"] == PRIMARY_METHOD)] if not phases.empty else phases
     palette = dict(zip(g.hue_names, sns.color_palette(n_colors=len(g.hue_names))))
-    for (bench, run), ax in g.axes_dict.items():
+    for (bench, run), ax in panels.items():
         for metric, level in metrics.items():
             sel = cps[(cps["run"] == run) & (cps["metric"] == metric) & (cps["benchmark"] == bench)] \
                 if not cps.empty else cps
@@ -88,6 +97,9 @@ def figure_eval(df: pd.DataFrame, hue: str, phases: pd.DataFrame, metrics: dict,
                 color = palette.get(level, "gray")
                 ax.axvspan(cp["change_step_low"], cp["change_step_high"], color=color, alpha=0.1, linewidth=0)
                 ax.axvline(cp["change_step"], color=color, ls="--", lw=1)
+    if one_each:
+        g.set_titles(col_template="{col_name}")
+        return _save(g.figure, folder, name)
     g.set_titles(row_template="{row_name}", col_template="{col_name}")
     return _save(g.figure, folder, name)
 
