@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.phase import best_vs_transition
 from tina_probe.grading import grade
 from tina_probe.passk import format_table, passk_table
 from tina_probe.store import Store
@@ -184,12 +185,14 @@ def write_results_store(folder: Path | str, *, seed: int = 0) -> Path:
     samples = samples_table(seed)
     groups = ["run", "step", "kind", "benchmark", "sampling"]
     store.write("samples", samples)
-    store.write("passk", passk_table(samples, group_cols=groups, n_boot=200, seed=seed))
+    passk = passk_table(samples, group_cols=groups, n_boot=200, seed=seed)
+    store.write("passk", passk)
     store.write("format", format_table(samples, group_cols=groups, n_boot=200, seed=seed))
     store.write("spectra", spectra_table())
     store.write("retention", retention_table())
     store.write("training_log", training_log_table())
     store.write("phases", phases_table())
+    store.write("phase_summary", pd.DataFrame([best_vs_transition(passk, phases_table(), r) for r in RUNS]))
     hyp, dec = hypothesis_tables()
     store.write("hypothesis", hyp)
     store.write("gain_decomposition", dec)

@@ -118,6 +118,16 @@ def test_step_slider_changes_the_completions_shown(monkeypatch, store):
     assert all("tp-think_close" in c for c, wf in zip(after, shown["well_formatted"]) if wf)
 
 
+def test_phases_page_places_the_best_checkpoint(monkeypatch, store):
+    at = open_page(monkeypatch, store, "phases")
+    assert_clean(at)
+    assert "Best checkpoint vs the transitions" in texts(at.subheader)
+    shown = [d.value for d in at.dataframe if "lag_steps" in d.value.columns]
+    assert len(shown) == 1 and set(shown[0]["run"]) == {"lab-full", "lab-lora-r8"}
+    summary = pd.read_parquet(store / "phase_summary.parquet").set_index("run")
+    assert (shown[0].set_index("run")["lag_steps"] == summary["lag_steps"]).all()
+
+
 def test_grade_filter_shows_only_matching_completions(monkeypatch, store):
     at = open_page(monkeypatch, store, "phases")
     at.select_slider(key="ph_step_lab-full").set_value(30)

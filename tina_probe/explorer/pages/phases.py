@@ -55,6 +55,24 @@ def curves_section(ctx: ui.Context) -> None:
         st.caption(f"No change point detected on `{metric}` for these runs.")
 
 
+BEST_COLUMNS = ["run", "benchmark", "best_step", "best_value", "transition_metric", "transition_step",
+                "transition_low", "transition_high", "lag_steps", "lag_share", "accuracy_change_step",
+                "accuracy_change_size", "accuracy_lag_steps", "accuracy_lag_low", "accuracy_lag_high", "note"]
+
+
+def best_section() -> None:
+    """Where each run's best checkpoint sits relative to its format transition and its lenient accuracy change."""
+    summary = ui.load("phase_summary", scoped=False)
+    if not summary.ok:
+        return
+    st.subheader("Best checkpoint vs the transitions")
+    st.caption("lag > 0: the best checkpoint (max strict pass@1) comes after the format transition (lag_steps) or "
+               "after the lenient accuracy change, its largest fall else its largest change (accuracy_lag_steps); "
+               "low/high from the change points' bootstrap ranges.")
+    df = summary.df
+    ui.show_table(df[[c for c in BEST_COLUMNS if c in df.columns]], "best_vs_transitions")
+
+
 def completions_section() -> None:
     """The step slider and the sampled completions at that checkpoint, format parts highlighted."""
     st.subheader("Sampled completions")
@@ -94,6 +112,7 @@ def main() -> None:
     st.title("Phase transitions")
     ctx = ui.context()
     curves_section(ctx)
+    best_section()
     completions_section()
 
 
