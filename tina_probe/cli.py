@@ -92,7 +92,8 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
           limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each benchmark"),
           merge: bool = typer.Option(False, "--merge", help="hf: merge each LoRA into the base weights in place "
                                                             "(base speed per checkpoint, but no batching of "
-                                                            "checkpoints; outputs equal up to float rounding)"),
+                                                            "checkpoints; outputs equal up to float rounding in "
+                                                            "float32, while bf16 weights round small updates away)"),
           out: Path = OUT):
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval
