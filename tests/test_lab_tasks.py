@@ -104,3 +104,19 @@ def test_continuing_pretraining_needs_a_saved_model(tmp_path):
 
     with pytest.raises(TinaError, match=str(tmp_path)):
         load_init(tmp_path)
+
+
+def test_study_probes_retention_at_the_best_checkpoint_phase_chose(tmp_path):
+    import pandas as pd
+
+    from tina_probe.lab.study import best_checkpoints
+    from tina_probe.store import Store
+
+    runs = [tmp_path / "runs" / name for name in ("a", "b", "c")]
+    for run, steps in zip(runs, ((5, 10), (5,), (5,))):
+        for step in steps:
+            (run / f"checkpoint-{step}").mkdir(parents=True)
+    Store(tmp_path / "out").write("phase_summary", pd.DataFrame({"run": ["a", "b", "c"],
+                                                                  "best_step": [10.0, None, 7.0]}))
+    # a: its best checkpoint; b: no best step known; c: the best folder is gone -> the whole run is probed
+    assert best_checkpoints(tmp_path / "out", runs) == [str(runs[0] / "checkpoint-10"), str(runs[1]), str(runs[2])]

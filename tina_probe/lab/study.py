@@ -187,21 +187,16 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
 
 
 def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
-    """Each run's checkpoint folder with the highest strict pass@1 (earliest on ties) in the store at `out`;
-    the run folder itself where the store has no trained step for it."""
+    """Each run's best checkpoint folder as `tina-probe phase` chose it (phase_summary's best_step: max strict
+    pass@1); the run folder itself where the summary has no best step for it."""
     from tina_probe.store import Store
 
-    passk = Store(out).read("passk")
+    summary = Store(out).read("phase_summary")
+    known = summary.dropna(subset=["best_step"]) if not summary.empty else summary
+    best = dict(zip(known["run"], known["best_step"])) if not known.empty else {}
     picked = []
     for run_dir in run_dirs:
-        p = passk[(passk["run"] == run_dir.name) & (passk["k"] == 1) & (passk["grading"] == "strict")
-                  & (passk["step"] > 0)] if not passk.empty else passk
-        if p.empty:
-            picked.append(str(run_dir))
-            continue
-        by_step = p.groupby("step")["value"].mean()
-        step = int(by_step[by_step == by_step.max()].index.min())
-        folder = run_dir / f"checkpoint-{step}"
+        folder = run_dir / f"checkpoint-{int(best[run_dir.name])}" if run_dir.name in best else run_dir
         picked.append(str(folder if folder.is_dir() else run_dir))
     return picked
 
@@ -241,12 +236,13 @@ def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path
     if plan.spectra:
         console.rule("update spectra")
         run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
+    console.rule("phase transitions")
+    run_cli("phase", "--runs", *ckpts, "--out", str(out))
     console.rule("retention probes")
     probed = best_checkpoints(out, run_dirs) if plan.retention_at == "best" else ckpts
     run_cli("retention", "--ckpts", *probed, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
             "--out", str(out))
-    console.rule("phase transitions, hypothesis, report")
-    run_cli("phase", "--runs", *ckpts, "--out", str(out))
+    console.rule("hypothesis, report")
     run_cli("hypothesis", "--out", str(out))
     run_cli("report", "--out", str(out))
     summarize(out, run_dirs)
