@@ -211,3 +211,4 @@ def test_waves_group_small_units_within_batch_size(runs_dir):
     units = plan_units(runs, {"lab-lora": [bench]}, SamplingSettings(n=2))  # 6 rows each
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12)] == [2, 1]
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=4)] == [1, 1, 1]
+    assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12, batched=False)] == [1, 1, 1]

@@ -180,14 +180,9 @@ def _graded(gen: Generator, unit: Unit, completions, s: SamplingSettings, backen
 
 def generate_units(gen: Generator, units: Sequence[Unit], s: SamplingSettings, batch_size: int,
                    backend: str) -> Iterator[tuple[Unit, pd.DataFrame]]:
-    """(unit, graded rows) for each unit, as soon as its completions exist: one generate_jobs call for all the
-    units when the backend batches jobs itself (several adapters per forward pass), else unit by unit."""
+    """(unit, graded rows) for each unit: the units' jobs in one generate_jobs call (a backend that batches jobs
+    runs several adapters per forward pass; any other gets one generate call per job)."""
     settings = dict(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
-    if getattr(gen, "generate_jobs", None) is None:
-        for u in units:
-            results = generate_jobs(gen, unit_jobs(u, s, batch_size), **settings)
-            yield u, _graded(gen, u, [g for r in results for g in r], s, backend)
-        return
     jobs = [unit_jobs(u, s, batch_size) for u in units]
     results = iter(generate_jobs(gen, [j for js in jobs for j in js], **settings))
     for u, js in zip(units, jobs):
@@ -238,14 +233,15 @@ def _pending(store: Store, group: Sequence[Unit]) -> list[Unit]:
     return list(pending.values())
 
 
-def _waves(units: Sequence[Unit], s: SamplingSettings, batch_size: int) -> list[list[Unit]]:
-    """Consecutive units whose rows (problems x n) fit in one batch together: generated in one call, so that a
-    backend can batch them; a larger unit goes alone (resume granularity stays one unit there)."""
+def _waves(units: Sequence[Unit], s: SamplingSettings, batch_size: int, *, batched: bool = True) -> list[list[Unit]]:
+    """Consecutive units whose rows (problems x n) fit in one batch together, generated in one call so that a backend
+    that batches jobs (batched=True) can run them at once; otherwise, or for a larger unit, one unit per wave, so each
+    unit's part is written as soon as it is done (resume granularity)."""
     waves: list[list[Unit]] = []
     rows = 0
     for u in units:
         size = len(u.benchmark.problems) * s.n
-        if waves and rows + size <= batch_size:
+        if batched and waves and rows + size <= batch_size:
             waves[-1].append(u)
             rows += size
         else:
@@ -281,7 +277,7 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
         if pending:
             adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
             gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
-            for wave in _waves(pending, s, batch_size):
+            for wave in _waves(pending, s, batch_size, batched=hasattr(gen, "generate_jobs")):
                 for u, rows in generate_units(gen, wave, s, batch_size, backend):
                     _save_generated(store, u, rows)
                     finish(v for v in group if v.gen_key == u.gen_key)
