@@ -126,11 +126,16 @@ def server(tmp_path_factory):
         wait_for(f"http://127.0.0.1:{port}/_stcore/health", 120, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a helper process, killing it when it does not exit within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +149,7 @@ def browser(tmp_path_factory):
         yield driver
         driver.quit()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def wait_drawn(browser: WebDriver, title: str, timeout: float = 150) -> dict:
