@@ -1,6 +1,6 @@
-"""Benchmark: `tina-probe eval` over 8 lab LoRA checkpoints vs a fresh model load per checkpoint (tina-probe's
-generator, and a plain transformers + peft loop as information) and vs lm-eval per checkpoint (same problems,
-greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
+"""Benchmark: `tina-probe eval` over 8 lab LoRA checkpoints vs a fresh model load per checkpoint (per backend:
+tina-probe's hf generator loaded anew, a fresh vLLM engine; a plain transformers + peft loop as information) and vs
+lm-eval per checkpoint (same problems, greedy, one sample each); LoRA vs base tokens/s; vLLM vs hf tokens/s.
 
 Every part runs in this process (vLLM's engine too) or in child processes it waits for (lm-eval's), so goals are
 judged on CPU seconds, with the wall clock printed beside them: on a shared machine the wall clock swings 2-10x
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from tina_probe.benchmarks import load_benchmark  # noqa: E402
 from tina_probe.evaluate import run_eval  # noqa: E402
+from tina_probe.generate.base import GenJob  # noqa: E402
 from tina_probe.generate.hf import HFGenerator  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -133,6 +134,21 @@ def sweep_reload(base: Path, ckpts: list[Path], prompts: list[str]) -> dict:
     return texts
 
 
+def sweep_reload_vllm(base: Path, ckpts: list[Path], prompts: list[str]) -> dict:
+    """For each checkpoint, a fresh vLLM engine with that one adapter, then the same generation: what evaluating
+    checkpoint by checkpoint with vLLM costs (the usual lighteval / lm-eval + vLLM loop starts an engine per
+    checkpoint), against run_eval's one engine per base with every adapter as a LoRARequest."""
+    from tina_probe.generate.vllm_backend import VLLMGenerator
+
+    texts = {}
+    for ck in ckpts:
+        gen = VLLMGenerator()
+        gen.load_base(str(base), adapters=[ck])
+        texts[ck] = [g[0].text for g in gen.generate(prompts, adapter=ck, **GREEDY)]
+        gen.close()
+    return texts
+
+
 def sweep_reload_peft(base: Path, ckpts: list[Path], prompts: list[str], batch_size: int = 64) -> dict:
     """The loop a user writes without tina-probe: per checkpoint, transformers' from_pretrained + peft's
     PeftModel.from_pretrained, then generate (greedy, left-padded chat-template prompts); no tina-probe code."""
@@ -182,7 +198,8 @@ def sweep_lmeval(base: Path, ckpts: list[Path], task_dir: Path, batch_size: int)
 def time_sweeps(base, run, ckpts, steps, problems, task_dir, tmp, repeats, has_vllm):
     """(wall, CPU) seconds of each sweep (run_eval hf, fresh reloads, lm-eval, run_eval vllm), back to back per
     repeat; and the last repeat's outputs."""
-    names = ("run_eval(hf)", "reload loop", "reload (peft)", "lm-eval") + (("run_eval(vllm)",) if has_vllm else ())
+    names = ("run_eval(hf)", "reload loop", "reload (peft)", "lm-eval") + \
+        (("run_eval(vllm)", "vllm reload") if has_vllm else ())
     times = {k: [] for k in names}
     prompts, out = [p.prompt for p in problems], {}
     for r in range(repeats):
@@ -198,13 +215,17 @@ def time_sweeps(base, run, ckpts, steps, problems, task_dir, tmp, repeats, has_v
             t, out["samples_vllm"] = timed(sweep_run_eval, run, steps, len(problems), "vllm",
                                            tmp / f"results-vllm-{r}")
             times["run_eval(vllm)"].append(t)
+            t, out["reload_vllm"] = timed(sweep_reload_vllm, base, ckpts, prompts)
+            times["vllm reload"].append(t)
     return times, out
 
 
 def measure_rates(base: Path, ckpts: list[Path], prompts: list[str], has_vllm: bool, repeats: int):
     """Tokens per (wall, CPU) second of hf and vllm on the base and a LoRA checkpoint, back to back in each repeat;
-    ratios are taken within a repeat. Returns ({(backend, model): [(wall rate, cpu rate)]}, {ratio: [(w, c)]})."""
-    gens = {"hf": HFGenerator(device="cpu"), "hf-merge": HFGenerator(device="cpu", merge=True)}
+    ratios are taken within a repeat. hf runs as eval runs it (a batch with one adapter merged in place, float32)
+    and with --no-merge; "bank" is 8 checkpoints in one batch against the base on the same rows (8 base jobs).
+    Returns ({(backend, model): [(wall rate, cpu rate)]}, {ratio: [(w, c)]})."""
+    gens = {"hf": HFGenerator(device="cpu"), "hf-unmerged": HFGenerator(device="cpu", merge=False)}
     for g in gens.values():
         g.load_base(str(base))
     if has_vllm:
@@ -213,16 +234,21 @@ def measure_rates(base: Path, ckpts: list[Path], prompts: list[str], has_vllm: b
         gens["vllm"] = VLLMGenerator()
         gens["vllm"].load_base(str(base), adapters=ckpts)
 
-    def rate(g, adapter):
-        (wall, cpu), out = timed(g.generate, prompts, adapter=adapter, **GREEDY)
-        tokens = sum(c.n_tokens for group in out for c in group)
+    def rate(g, adapters):
+        jobs = [GenJob(tuple(prompts), a, 0) for a in adapters]
+        settings = {k: v for k, v in GREEDY.items() if k != "seed"}
+        (wall, cpu), out = timed(g.generate_jobs, jobs, **settings)
+        tokens = sum(c.n_tokens for job in out for group in job for c in group)
         return tokens / wall, tokens / cpu
 
-    for g in gens.values():  # warm-up: first calls pay one-time costs (adapter loads, allocations)
-        rate(g, None), rate(g, ckpts[0])
-    rates = {(b, a): [] for b in gens for a in ("base", "lora")}
+    models = {"base": [None], "lora": [ckpts[0]], "base x8": [None] * len(ckpts), "bank": list(ckpts)}
+    runs = [(b, m) for b in gens for m in models if not (m in ("base x8", "bank") and b != "hf")]
+    for b, m in runs:  # warm-up: first calls pay one-time costs (adapter reads, allocations)
+        rate(gens[b], models[m])
+    rates = {key: [] for key in runs}
     pairs = {"hf lora/base": (("hf", "lora"), ("hf", "base")),
-             "hf merged lora/base": (("hf-merge", "lora"), ("hf", "base"))}  # eval --merge: opt-in
+             "hf unmerged lora/base": (("hf-unmerged", "lora"), ("hf-unmerged", "base")),
+             "hf bank/base x8": (("hf", "bank"), ("hf", "base x8"))}
     if has_vllm:
         pairs.update({"vllm lora/base": (("vllm", "lora"), ("vllm", "base")),
                       "vllm/hf lora": (("vllm", "lora"), ("hf", "lora")),
@@ -230,10 +256,9 @@ def measure_rates(base: Path, ckpts: list[Path], prompts: list[str], has_vllm: b
     ratios = {k: [] for k in pairs}
     for _ in range(repeats):
         now = {}
-        for b, g in gens.items():
-            for a, adapter in (("base", None), ("lora", ckpts[0])):
-                now[(b, a)] = rate(g, adapter)
-                rates[(b, a)].append(now[(b, a)])
+        for key in runs:
+            now[key] = rate(gens[key[0]], models[key[1]])
+            rates[key].append(now[key])
         for k, (num, den) in pairs.items():
             ratios[k].append(tuple(x / y for x, y in zip(now[num], now[den])))
     for g in gens.values():
@@ -249,7 +274,7 @@ def line(name: str, value: tuple[float, float], goal: float | None, unit: str = 
     wall, cpu = value
     verdict = "info" if goal is None else ("PASS" if cpu >= goal else "FAIL")
     goal_text = "-" if goal is None else f">= {goal:g}{unit}"
-    print(f"{name:<44} {cpu:>8.2f}{unit:<2} {goal_text:<9} {verdict:<5} (wall clock: {wall:.2f}{unit})", flush=True)
+    print(f"{name:<48} {cpu:>8.2f}{unit:<2} {goal_text:<9} {verdict:<5} (wall clock: {wall:.2f}{unit})", flush=True)
 
 
 def per_repeat_ratio(times: dict[str, list], slow: str, fast: str) -> tuple[float, float]:
@@ -281,6 +306,9 @@ def check_same_work(base, ckpts, steps, problems, out) -> None:
     same_reload = all(by_step[s] == [out["reload"][c][i] for i in order] for s, c in zip(steps, ckpts))
     same_peft = sum(by_step[s] == [out["reload_peft"][c][i] for i in order] for s, c in zip(steps, ckpts))
     same_lm = sum(by_step[s] == [lm[c][1][i] for i in order] for s, c in zip(steps, ckpts))
+    if "reload_vllm" in out:
+        same_v = sum(by_step[s] == [out["reload_vllm"][c][i] for i in order] for s, c in zip(steps, ckpts))
+        print(f"check    fresh-vLLM-engine completions == run_eval(hf)'s on {same_v}/{len(ckpts)} checkpoints")
     rendered = [tok.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True,
                                         tokenize=False) for p in problems]
     same_ctx = all(lm[c][2] == rendered for c in ckpts)
@@ -330,7 +358,7 @@ def main() -> None:
     print(f"threads  OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}  cpus={os.cpu_count()}  "
           f"load={os.getloadavg()[0]:.1f}  base={base}")
     print(f"workload {N_CKPTS} LoRA checkpoints (r={RANK}, all projections) x {n_problems} {BENCH} problems, "
-          f"greedy, 1 sample, max_tokens={MAX_TOKENS}; {repeats} repeats of the 4 sweeps back to back, "
+          f"greedy, 1 sample, max_tokens={MAX_TOKENS}; {repeats} repeats of the sweeps back to back, "
           "ratios taken within a repeat, medians over repeats", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         tmp = Path(tmp)
@@ -346,18 +374,20 @@ def main() -> None:
         agree = compare_accuracies(ckpts, steps, out)
         rates, ratios = measure_rates(base, ckpts, [p.prompt for p in problems], has_vllm, tok_repeats)
         for (b, a), v in rates.items():
-            print(f"tokens/s {b} {a:<4}  per wall s {[round(w) for w, _ in v]}  per CPU s {[round(c) for _, c in v]}")
+            print(f"tokens/s {b} {a:<7}  per wall s {[round(w) for w, _ in v]}  per CPU s {[round(c) for _, c in v]}")
     print(f"load     {os.getloadavg()[0]:.1f} (1-minute load average at the end)")
-    print("\nname                                          value  goal      (judged on CPU time; wall clock beside)")
-    for ours in ("run_eval(hf)",) + (("run_eval(vllm)",) if has_vllm else ()):
-        for other, goal in (("reload loop", 3), ("lm-eval", 5)):
-            label = "fresh load per checkpoint" if other == "reload loop" else "lm-eval per checkpoint"
-            line(f"{ours} vs {label}", per_repeat_ratio(times, other, ours), goal)
-        if ours == "run_eval(hf)":  # the same goal against the loop a user writes without tina-probe: info only
-            line("  vs transformers+peft load per checkpoint", per_repeat_ratio(times, "reload (peft)", ours), None)
+    print("\nname                                              value  goal      (judged on CPU time; wall clock beside)")
+    line("run_eval(hf) vs fresh load per checkpoint (hf)", per_repeat_ratio(times, "reload loop", "run_eval(hf)"), 3)
+    line("  vs transformers+peft load per checkpoint", per_repeat_ratio(times, "reload (peft)", "run_eval(hf)"), None)
+    line("run_eval(hf) vs lm-eval per checkpoint", per_repeat_ratio(times, "lm-eval", "run_eval(hf)"), 5)
+    if has_vllm:
+        line("run_eval(vllm) vs fresh vLLM engine per ckpt", per_repeat_ratio(times, "vllm reload", "run_eval(vllm)"),
+             3)
+        line("run_eval(vllm) vs lm-eval (hf) per checkpoint", per_repeat_ratio(times, "lm-eval", "run_eval(vllm)"), 5)
     line("greedy accuracies equal (run_eval, lm-eval)", (float(agree), float(agree)), 1, unit="")
-    line("LoRA tokens/s / base tokens/s (hf)", medians(ratios["hf lora/base"]), 0.9)
-    line("  same, LoRA merged in place (hf, --merge)", medians(ratios["hf merged lora/base"]), None)
+    line("LoRA tokens/s / base tokens/s (hf, as eval runs)", medians(ratios["hf lora/base"]), 0.9)
+    line("  same, adapter unmerged (hf, --no-merge)", medians(ratios["hf unmerged lora/base"]), None)
+    line("  8 checkpoints in one batch / base, same rows", medians(ratios["hf bank/base x8"]), None)
     if has_vllm:
         line("LoRA tokens/s / base tokens/s (vllm)", medians(ratios["vllm lora/base"]), 0.9)
         line("vLLM / hf tokens/s (LoRA checkpoint)", medians(ratios["vllm/hf lora"]), 2)

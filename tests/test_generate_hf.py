@@ -61,13 +61,38 @@ def test_hot_swap_matches_fresh_peft_model(session_runs, tiny_base):
 
 def test_merge_mode_matches_hot_swap(session_runs, tiny_base):
     a20 = session_runs / "lab-lora" / "checkpoint-20"
-    hot, merged = HFGenerator(), HFGenerator(merge=True)
-    for g in (hot, merged):
+    gens = {m: HFGenerator(merge=m) for m in (False, None, True)}  # never, default (auto), always
+    for g in gens.values():
         g.load_base(str(tiny_base))
     for adapter in (a20, None):
-        a = [c[0].text for c in hot.generate(PROMPTS, adapter=adapter, **GREEDY)]
-        b = [c[0].text for c in merged.generate(PROMPTS, adapter=adapter, **GREEDY)]
-        assert a == b
+        texts = {m: [c[0].text for c in g.generate(PROMPTS, adapter=adapter, **GREEDY)] for m, g in gens.items()}
+        assert texts[False] == texts[None] == texts[True]
+
+
+def test_default_merges_single_adapter_batches_only_in_float32(session_runs, tiny_base, monkeypatch):
+    """merge=None: a batch with one adapter runs merged (float32 weights), several adapters share one batch through
+    LoraBankLinear, and bf16 weights are never merged (their rounding would swallow small updates)."""
+    import torch
+
+    import tina_probe.generate.hf as hf
+
+    used = []
+    real_merged, real_bank = hf.merged_lora, hf.lora_bank
+    monkeypatch.setattr(hf, "merged_lora", lambda *a: used.append("merged") or real_merged(*a))
+    monkeypatch.setattr(hf, "lora_bank", lambda *a: used.append("bank") or real_bank(*a))
+    a10, a20 = session_runs / "lab-lora" / "checkpoint-10", session_runs / "lab-lora" / "checkpoint-20"
+    kw = {k: v for k, v in GREEDY.items() if k != "seed"}
+    for dtype, single in ((torch.float32, "merged"), (torch.bfloat16, "bank")):
+        gen = HFGenerator(dtype=dtype, batch_size=64)
+        gen.load_base(str(tiny_base))
+        used.clear()
+        gen.generate(PROMPTS, adapter=a10, **GREEDY)
+        assert used == [single], dtype
+        used.clear()
+        gen.generate_jobs([GenJob(tuple(PROMPTS), a, 0) for a in (a10, a20)], **kw)
+        assert used == ["bank"], dtype
+        assert not any(isinstance(m, LoraBankLinear) for m in gen.model.modules())
+        gen.close()
 
 
 def _old_path(base, adapter, prompts, *, n, temperature, top_p, max_tokens, seed, batch_size):

@@ -90,10 +90,12 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
           steps: Optional[str] = typer.Option(None, "--steps", help="comma separated steps to evaluate"),
           shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's share of the units"),
           limit: Optional[int] = typer.Option(None, "--limit", help="first N problems of each benchmark"),
-          merge: bool = typer.Option(False, "--merge", help="hf: merge each LoRA into the base weights in place "
-                                                            "(base speed per checkpoint, but no batching of "
-                                                            "checkpoints; outputs equal up to float rounding in "
-                                                            "float32, while bf16 weights round small updates away)"),
+          merge: Optional[bool] = typer.Option(
+              None, "--merge/--no-merge",
+              help="hf: --merge merges every LoRA into the base weights in place, one checkpoint at a time (no "
+                   "batching of checkpoints; bf16 weights round small updates away); --no-merge never merges. "
+                   "Default: a batch with one adapter is merged where the weights are float32 (equal up to float "
+                   "rounding, base speed), several adapters share a batch unmerged"),
           out: Path = OUT):
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval

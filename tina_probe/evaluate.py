@@ -365,7 +365,7 @@ def run_eval(
     batch_size: int = 64,
     generator: Generator | None = None,
     show: bool = True,
-    merge: bool = False,
+    merge: bool | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Evaluate the base (step 0) and every checkpoint of the runs; resumable; returns samples, passk, format."""
     if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
@@ -380,7 +380,7 @@ def run_eval(
     store = Store(out)
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):
-        gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only, LoRA merged per ckpt
+        gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only (None: auto)
     try:  # without a generator everything was generated already: only per-run copies of base rows may be missing
         sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
     finally:
