@@ -212,3 +212,52 @@ def test_waves_group_small_units_within_batch_size(runs_dir):
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12)] == [2, 1]
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=4)] == [1, 1, 1]
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12, batched=False)] == [1, 1, 1]
+
+
+def test_other_settings_under_the_same_names_replace_rather_than_pool(runs_dir, tmp_path, tiny_base):
+    """Another --limit, another backend or a checkpoint saved again under the same path: the tables show what was
+    asked for last, never a mix; the replaced results are kept aside and come back without generating again."""
+    right = {tiny_base.name: 1, "checkpoint-10": 1, "checkpoint-20": 2}
+    out, run = tmp_path / "res", [str(runs_dir / "lab-lora")]
+    three = run_eval(run, out=out, generator=Planted(right), **SETTINGS)
+    two = run_eval(run, out=out, limit=2, generator=Planted(right), **SETTINGS)
+    assert two["samples"].groupby("step")["problem_id"].nunique().eq(2).all()
+    assert (two["passk"]["n_problems"] == 2).all()
+    fresh_two = run_eval(run, out=tmp_path / "fresh", limit=2, generator=Planted(right), **SETTINGS)
+    for name in fresh_two:
+        pd.testing.assert_frame_equal(two[name], fresh_two[name])
+    back = Counting(Planted(right))
+    again = run_eval(run, out=out, generator=back, **SETTINGS)
+    assert back.calls == [] and back.loads == []  # the 3-problem parts came back from the shelf
+    for name in three:
+        pd.testing.assert_frame_equal(again[name], three[name])
+    # another backend: its own samples (other random streams), not the stored ones
+    other = run_eval(run, out=out, backend="vllm", generator=Planted({**right, "checkpoint-20": 0}), **SETTINGS)
+    assert set(other["samples"]["backend"]) == {"vllm"}
+    assert not other["samples"][other["samples"].step == 20]["correct_strict"].any()
+    # a checkpoint replaced under the same path is generated again; the others are reused
+    weights = runs_dir / "lab-lora" / "checkpoint-10" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    counted = Counting(Planted(right))
+    run_eval(run, out=out, backend="vllm", generator=counted, **SETTINGS)
+    assert [Path(a).name for a in counted.calls] == ["checkpoint-10"]
+
+
+def test_a_checkpoint_that_fails_to_load_is_skipped_and_the_rest_goes_on(runs_dir, tmp_path, monkeypatch, caplog):
+    """A broken adapter that discovery cannot see (the generator's TinaError): one warning naming it; the base and the
+    other checkpoints are generated and stored."""
+    import logging
+
+    real = HFGenerator._lora
+
+    def broken(self, adapter):
+        if Path(adapter).name == "checkpoint-10":
+            raise TinaError(f"{adapter}: cannot read adapter (simulated)")
+        return real(self, adapter)
+
+    monkeypatch.setattr(HFGenerator, "_lora", broken)
+    with caplog.at_level(logging.WARNING):
+        tables = run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "res", generator=HFGenerator(), **SETTINGS)
+    assert sorted(tables["samples"]["step"].unique()) == [0, 20]
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "checkpoint-10" in msgs[0] and "simulated" in msgs[0]

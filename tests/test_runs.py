@@ -119,6 +119,60 @@ def test_truncated_full_weights_and_missing_config(runs_dir, caplog):
     assert any("checkpoint-40" in m for m in msgs)
 
 
+def _rewrite_adapter(folder: Path, change) -> None:
+    """Rewrite an adapter's safetensors with change(name, tensor) -> tensor applied to every tensor."""
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: change(k, v) for k, v in tensors.items()}, str(weights))
+
+
+def test_adapters_that_do_not_fit_their_base_or_config_are_skipped(runs_dir, caplog):
+    """Broken adapter_config.json, tensors shaped for another model, and a rank that disagrees with the config (peft
+    would load it with another scale): each skipped with one warning at discovery, the rest of the run kept."""
+    import torch
+
+    run = runs_dir / "lab-lora"
+    for step in (30, 40, 50):
+        shutil.copytree(run / "checkpoint-10", run / f"checkpoint-{step}")
+    (run / "checkpoint-30" / "adapter_config.json").write_text("{bad")
+    _rewrite_adapter(run / "checkpoint-40", lambda k, v: torch.cat([v, v[:, :32]], 1) if "lora_A" in k else v)
+    cfg_path = run / "checkpoint-50" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["r"] = cfg["r"] * 2
+    cfg_path.write_text(json.dumps(cfg))
+    with caplog.at_level(logging.WARNING):
+        (found,) = discover_runs([run])
+    assert [c.step for c in found.checkpoints] == [0, 10, 20]
+    msgs = _warnings(caplog)
+    assert len(msgs) == 3
+    assert any("checkpoint-30" in m and "adapter_config.json" in m for m in msgs)
+    assert any("checkpoint-40" in m and "does not fit the base" in m for m in msgs)
+    assert any("checkpoint-50" in m and "rank" in m for m in msgs)
+
+
+def test_stray_entries_beside_runs_are_skipped_and_a_folder_of_runs_alone_is_expanded(runs_dir, caplog, tmp_path):
+    """runs/* may match notes, plots or a folder holding more runs: those are skipped with one warning each; a folder
+    of runs given alone evaluates the runs inside; nothing evaluable at all is still an error."""
+    (runs_dir / "NOTES.md").write_text("notes")
+    nested = runs_dir / "validate"
+    shutil.copytree(runs_dir / "lab-lora", nested / "lab-lora-copy")
+    manifest = json.loads((nested / "lab-lora-copy" / "tina_run.json").read_text())
+    (nested / "lab-lora-copy" / "tina_run.json").write_text(json.dumps({**manifest, "name": "lab-lora-copy"}))
+    with caplog.at_level(logging.WARNING):
+        runs = _by_name(discover_runs([str(runs_dir / "*")]))
+    assert set(runs) == {"lab-lora", "lab-full"}
+    msgs = _warnings(caplog)
+    assert len(msgs) == 2 and any("NOTES.md" in m for m in msgs) and any("folder of runs" in m for m in msgs)
+    assert set(_by_name(discover_runs([nested]))) == {"lab-lora-copy"}
+    assert set(_by_name(discover_runs([runs_dir]))) == {"lab-lora", "lab-full"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b.txt").write_text("")
+    with pytest.raises(TinaError, match="no run or checkpoint folder"):
+        discover_runs([tmp_path / "a", tmp_path / "b.txt"])
+
+
 def test_sharded_full_checkpoint(runs_dir):
     from safetensors.torch import load_file, save_file
 

@@ -100,7 +100,10 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval
 
-    step_set = {int(s) for s in steps.split(",")} if steps else None
+    try:
+        step_set = {int(s) for s in steps.split(",") if s.strip()} if steps else None
+    except ValueError:
+        raise TinaError(f"--steps {steps}: expected comma separated integers (e.g. 0,50,100)") from None
     shard_t = None
     if shard:
         try:

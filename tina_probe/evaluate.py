@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -14,12 +15,15 @@ from tina_probe.benchmarks import Benchmark, load_benchmark
 from tina_probe.errors import TinaError
 from tina_probe.generate import Generator, SamplingSettings, make_generator
 from tina_probe.generate.base import GenJob, generate_jobs
-from tina_probe.runs import Checkpoint, Run, discover_runs
+from tina_probe.runs import Checkpoint, Run, discover_runs, weights_identity
 from tina_probe.store import Store, stable_key
+
+log = logging.getLogger(__name__)
 
 SUMMARY_GROUPS = ("run", "step", "kind", "benchmark", "sampling")
 SAMPLE_KEY_COLS = ["run", "step", "benchmark", "sampling", "problem_id", "sample_idx"]
 BASE_CACHE = "base_samples"  # parts of graded base completions, shared by every run with that base
+SUPERSEDED = "samples_superseded"  # parts replaced by a later unit of the same row group, kept to come back to
 
 
 @dataclass(frozen=True)
@@ -49,27 +53,38 @@ def _settings_fields(s: SamplingSettings) -> list:
     return [s.n, float(s.temperature), float(s.top_p), s.max_tokens, s.seed]
 
 
-def unit_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
-    """The stable resume key of one unit: run, step, checkpoint path, benchmark and sampling settings."""
-    return stable_key("unit", ckpt.run, ckpt.step, str(ckpt.path), bench.name, benchmark_fingerprint(bench),
-                      *_settings_fields(s))
+def group_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
+    """The key of one row group of the tables (run, step, benchmark, sampling): units that share it replace each
+    other (another --limit, backend or checkpoint file under the same names) instead of pooling their samples."""
+    return stable_key("group", ckpt.run, ckpt.step, bench.name, sampling_label(s))[:16]
 
 
-def generation_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
+def unit_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings, backend: str = "hf") -> str:
+    """The stable resume key of one unit, '<group key>-<hash>': run, step, the checkpoint's path and files,
+    benchmark problems, sampling settings and backend (different random streams: not interchangeable)."""
+    return group_key(ckpt, bench, s) + "-" + stable_key(
+        "unit", ckpt.run, ckpt.step, str(ckpt.path), weights_identity(ckpt.path), bench.name,
+        benchmark_fingerprint(bench), *_settings_fields(s), backend)
+
+
+def generation_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings, backend: str = "hf") -> str:
     """Who generates a unit's completions: the base model itself for step 0 (shared across runs)."""
     if ckpt.kind == "base":
-        return stable_key("base", ckpt.base, bench.name, benchmark_fingerprint(bench), *_settings_fields(s))
-    return unit_key(ckpt, bench, s)
+        return stable_key("base", ckpt.base, weights_identity(ckpt.base), bench.name, benchmark_fingerprint(bench),
+                          *_settings_fields(s), backend)
+    return unit_key(ckpt, bench, s, backend)
 
 
-def plan_units(runs: Sequence[Run], benches: dict[str, list[Benchmark]], s: SamplingSettings) -> list[Unit]:
+def plan_units(runs: Sequence[Run], benches: dict[str, list[Benchmark]], s: SamplingSettings,
+               backend: str = "hf") -> list[Unit]:
     """Every unit in sweep order: per base model, the base (step 0) first, then LoRA checkpoints, then full ones."""
     bases = list(dict.fromkeys(r.base for r in runs))
     order = {"base": 0, "lora": 1, "full": 2}
     ckpts = [c for r in runs for c in r.checkpoints]
     ckpts.sort(key=lambda c: (order[c.kind], bases.index(c.base) if c.kind != "full" else 0, c.run, c.step))
     return [
-        Unit(c, b, unit_key(c, b, s), generation_key(c, b, s)) for c in ckpts for b in benches[c.run]
+        Unit(c, b, unit_key(c, b, s, backend), generation_key(c, b, s, backend))
+        for c in ckpts for b in benches[c.run]
     ]
 
 
@@ -224,6 +239,33 @@ def _finish_unit(store: Store, u: Unit) -> bool:
     return True
 
 
+class _GroupParts:
+    """The samples parts of each row group (key prefix), so that a finished unit becomes its group's only part: the
+    others move to SUPERSEDED (kept: asking for them again moves them back instead of generating them again)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.parts: dict[str, set[str]] = {}
+        for key in store.part_keys("samples"):
+            prefix, sep, _ = key.partition("-")
+            if sep:  # parts written before group keys existed have no prefix; consolidation still ranks them
+                self.parts.setdefault(prefix, set()).add(key)
+
+    def bring_back(self, u: Unit) -> None:
+        """Move u's part back from SUPERSEDED when it is there and not among the current parts."""
+        if not self.store.has_part("samples", u.key) and self.store.has_part(SUPERSEDED, u.key):
+            self.store.move_part(SUPERSEDED, "samples", u.key)
+            self.parts.setdefault(u.key.partition("-")[0], set()).add(u.key)
+
+    def make_current(self, u: Unit) -> None:
+        """Shelve every other part of u's group (u's own part exists: it was written or brought back first)."""
+        prefix = u.key.partition("-")[0]
+        for key in self.parts.get(prefix, set()) - {u.key}:
+            if self.store.has_part("samples", key):
+                self.store.move_part("samples", SUPERSEDED, key)
+        self.parts[prefix] = {u.key}
+
+
 def _pending(store: Store, group: Sequence[Unit]) -> list[Unit]:
     """The units to generate, in order: one per generation key (runs sharing a base generate its step 0 once)."""
     pending: dict[str, Unit] = {}
@@ -261,7 +303,12 @@ def _model_groups(units: Sequence[Unit]) -> list[tuple[str, str | None, list[Uni
 
 def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: SamplingSettings, *, batch_size: int,
           backend: str) -> int:
-    """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run."""
+    """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run.
+    Each unit asked for becomes its row group's current part (results of other settings under the same run, step,
+    benchmark and sampling label are shelved, not pooled)."""
+    parts = _GroupParts(store)
+    for u in units:
+        parts.bring_back(u)
     todo = {u.key for u in units if _todo(store, u)}
     bar = tqdm(total=len(todo), desc="eval units", unit="unit", disable=not todo)
     finished: set[str] = set()
@@ -269,6 +316,7 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
     def finish(candidates):
         for u in candidates:
             if u.key not in finished and _finish_unit(store, u):
+                parts.make_current(u)
                 finished.add(u.key)
                 bar.update(u.key in todo)
 
@@ -276,9 +324,15 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
         pending = _pending(store, group)
         if pending:
             adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
-            gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
+            try:
+                gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
+            except TinaError as exc:
+                if group[0].ckpt.kind != "full":
+                    raise  # the base of every run in the group: nothing to go on with
+                log.warning("skipping %s: %s", model, exc)
+                continue
             for wave in _waves(pending, s, batch_size, batched=hasattr(gen, "generate_jobs")):
-                for u, rows in generate_units(gen, wave, s, batch_size, backend):
+                for u, rows in _generate_wave(gen, wave, s, batch_size, backend):
                     _save_generated(store, u, rows)
                     finish(v for v in group if v.gen_key == u.gen_key)
         finish(group)
@@ -286,11 +340,28 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
     return len(todo)
 
 
+def _generate_wave(gen: Generator, wave: Sequence[Unit], s: SamplingSettings, batch_size: int,
+                   backend: str) -> list[tuple[Unit, pd.DataFrame]]:
+    """generate_units for a wave; when a checkpoint cannot be used (the generator's TinaError: a broken file that
+    discovery could not see), each unit alone, and one that still fails on its own is skipped with one warning while
+    the rest goes on. The base failing, or any other error, stops the sweep (finished units are stored already)."""
+    try:
+        return list(generate_units(gen, wave, s, batch_size, backend))
+    except TinaError as exc:
+        if len(wave) > 1:
+            return [done for u in wave for done in _generate_wave(gen, [u], s, batch_size, backend)]
+        if wave[0].ckpt.kind == "base":
+            raise
+        log.warning("skipping %s: %s", wave[0].ckpt.path, str(exc).strip().splitlines()[0])
+        return []
+
+
 def summarize(store: Store) -> dict[str, pd.DataFrame]:
     """Consolidate the samples parts present and recompute the passk and format tables from them."""
     from tina_probe.passk import format_table, passk_table
 
-    samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS)
+    samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS,
+                                newest_part_per=["run", "step", "benchmark", "sampling"])
     if samples.empty:
         return {"samples": samples, "passk": pd.DataFrame(), "format": pd.DataFrame()}
     groups = [c for c in SUMMARY_GROUPS if c in samples.columns]
@@ -376,7 +447,7 @@ def run_eval(
     if not any(r.checkpoints for r in runs):
         raise TinaError(f"{', '.join(map(str, ckpts))}: no checkpoints to evaluate")
     benches = _benchmarks_for(runs, benchmarks, limit)
-    units = shard_units(plan_units(runs, benches, settings), shard)
+    units = shard_units(plan_units(runs, benches, settings, backend), shard)
     store = Store(out)
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):

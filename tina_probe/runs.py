@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -67,14 +68,88 @@ def _safetensors_ok(path: Path) -> str | None:
     return None
 
 
-def _weights_problem(folder: Path, kind: str) -> str | None:
-    """Why a checkpoint's weights are unusable (missing, truncated, missing config), or None when fine."""
+_LORA_TENSOR = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def _tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from safetensors headers (no tensor data is read)."""
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            for key in fh.keys():
+                shapes[key] = tuple(fh.get_slice(key).get_shape())
+    return shapes
+
+
+def _model_weight_files(folder: Path) -> list[Path] | None:
+    """The safetensors files of a model folder (sharded or not), or None when it is not a local model folder."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return [folder / s for s in sorted(set(_read_json(index).get("weight_map", {}).values()))]
+        except TinaError:
+            return None
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+@lru_cache(maxsize=8)
+def _base_shapes(base: str) -> dict[str, tuple[int, ...]] | None:
+    """The base model's tensor shapes (cached: every adapter of a run is checked against the same base)."""
+    files = _model_weight_files(Path(base))
+    try:
+        return _tensor_shapes(files) if files else None
+    except Exception:  # an unreadable base is reported when it is loaded, not as a fault of the adapter
+        return None
+
+
+def _adapter_problem(folder: Path, base: str | None) -> str | None:
+    """Why an adapter cannot be applied to `base`, or None: its config must parse, every lora_A/lora_B pair must
+    agree with the config's rank (else peft would load it with another scale) and with the base's module shapes (else
+    loading fails mid-sweep). Only safetensors headers are read."""
+    try:
+        cfg = _read_json(folder / "adapter_config.json")
+    except TinaError as exc:
+        return f"adapter_config.json: {str(exc).split(': ', 1)[-1]}"
+    try:
+        shapes = _tensor_shapes([folder / "adapter_model.safetensors"])
+    except Exception as exc:  # safetensors raises its own error type for every parse failure
+        return f"adapter_model.safetensors: {exc}"
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        m = _LORA_TENSOR.match(key)
+        if m:
+            pairs.setdefault(m.group(1), {})[m.group(2)] = shape
+    ranks = {int(cfg.get("r", 8)), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())}
+    base_shapes = _base_shapes(base) if base and Path(base).is_dir() else None
+    for module, ab in sorted(pairs.items()):
+        a, b = ab.get("A"), ab.get("B")
+        if a is None or b is None or len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            return f"{module}: lora_A {a} and lora_B {b} do not make a LoRA pair"
+        if a[0] not in ranks:
+            return f"{module}: LoRA rank {a[0]} in the weights, but adapter_config.json says r={sorted(ranks)}"
+        if base_shapes is not None:
+            weight = base_shapes.get(f"{module}.weight")
+            if weight is None:
+                return f"{module}: the base model has no such module"
+            if len(weight) == 2 and (b[0], a[1]) != weight:
+                return f"{module}: adapter shape {b[0]}x{a[1]} does not fit the base's {weight[0]}x{weight[1]}"
+    return None
+
+
+def _weights_problem(folder: Path, kind: str, base: str | None = None) -> str | None:
+    """Why a checkpoint's weights are unusable (missing, truncated, missing or broken config, an adapter that does
+    not fit `base`), or None when fine."""
     if kind == "lora":
         if not (folder / "adapter_config.json").is_file():
             return "adapter_config.json missing"
-        return _safetensors_ok(folder / "adapter_model.safetensors")
+        return _safetensors_ok(folder / "adapter_model.safetensors") or _adapter_problem(folder, base)
     if not (folder / "config.json").is_file():
         return "config.json missing"
+    try:
+        _read_json(folder / "config.json")
+    except TinaError as exc:
+        return f"config.json: {str(exc).split(': ', 1)[-1]}"
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -137,6 +212,20 @@ def _step_of(folder: Path) -> int | None:
     return None
 
 
+_IDENTITY_FILES = ("adapter_config.json", "config.json", "generation_config.json")
+
+
+def weights_identity(path: Path | str) -> list:
+    """(file, size, mtime) of a model or adapter folder's weights and configs: a checkpoint saved again or replaced
+    under the same path gets a new identity, so its stored results are not reused. Stat calls only (hashing a
+    1.5B checkpoint on every sweep would take seconds); a hub id has no files and is its own identity."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [str(path)]
+    files = sorted(f for f in folder.iterdir() if f.suffix == ".safetensors" or f.name in _IDENTITY_FILES)
+    return [(f.name, st.st_size, st.st_mtime_ns) for f in files if (st := f.stat())]
+
+
 # ----------------------------------------------------------------------------- discovery
 
 
@@ -189,7 +278,12 @@ def _checkpoint_of(run: str, base: str, folder: Path, run_dir: Path) -> Checkpoi
     if kind is None:
         log.warning("skipping %s: no weights (incomplete checkpoint)", folder)
         return None
-    problem = _weights_problem(folder, kind)
+    if kind == "lora":
+        own = _adapter_base(folder)
+        if own and resolve_base(own, [run_dir, run_dir.parent, folder]) != base:
+            log.warning("skipping %s: adapter was made for base %r, not the run's base %r", folder, own, base)
+            return None
+    problem = _weights_problem(folder, kind, base)
     if problem:
         log.warning("skipping %s: %s", folder, problem)
         return None
@@ -197,11 +291,6 @@ def _checkpoint_of(run: str, base: str, folder: Path, run_dir: Path) -> Checkpoi
     if step is None:
         log.info("%s: no step in its name or trainer_state.json; calling it step 1", folder)
         step = 1
-    if kind == "lora":
-        own = _adapter_base(folder)
-        if own and resolve_base(own, [run_dir, run_dir.parent, folder]) != base:
-            log.warning("skipping %s: adapter was made for base %r, not the run's base %r", folder, own, base)
-            return None
     return Checkpoint(run=run, step=step, kind=kind, path=folder, base=base)
 
 
@@ -232,9 +321,18 @@ def discover_runs(paths, steps=None) -> list[Run]:
 
     Corrupt or incomplete checkpoints are skipped with one warning line each."""
     run_dirs: dict[Path, list[Path] | None] = {}
-    for p in _expand(paths):
+    inputs = _expand(paths)
+    alone = len(inputs) == 1  # a path given alone must be evaluable; among several (runs/*), others are skipped
+
+    def not_evaluable(p: Path, why: str) -> None:
+        if alone:
+            raise TinaError(f"{p}: {why}")
+        log.warning("skipping %s: %s", p, why)
+
+    for p in inputs:
         if not p.is_dir():
-            raise TinaError(f"{p}: not a folder (expected a run folder or a checkpoint folder)")
+            not_evaluable(p, "not a folder (expected a run folder or a checkpoint folder)")
+            continue
         if not _CKPT_RE.match(p.name) and _is_run_dir(p):
             # a run folder (the trainer's final save may also sit at its top: checkpoint-N are what count)
             run_dirs[p] = None
@@ -246,8 +344,15 @@ def discover_runs(paths, steps=None) -> list[Run]:
             if run_dirs.get(parent, []) is None:
                 continue  # the whole run was asked for already
             run_dirs.setdefault(parent, []).append(p)
+        elif inside := [c for c in sorted(p.iterdir()) if c.is_dir() and _is_run_dir(c)]:
+            if alone:  # a folder of runs (runs/, runs/validate/): its runs
+                run_dirs.update({c: None for c in inside})
+            else:
+                not_evaluable(p, "a folder of runs, not a run (pass it alone to evaluate the runs inside)")
         else:
-            raise TinaError(f"{p}: neither a run folder ({MANIFEST} or checkpoint-N inside) nor a checkpoint")
+            not_evaluable(p, f"neither a run folder ({MANIFEST} or checkpoint-N inside) nor a checkpoint")
+    if not run_dirs:
+        raise TinaError(f"{', '.join(map(str, inputs))}: no run or checkpoint folder among these paths")
     runs = [_load_run(d, only, steps) for d, only in run_dirs.items()]
     names = [r.name for r in runs]
     dupes = {n for n in names if names.count(n) > 1}

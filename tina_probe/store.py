@@ -135,18 +135,35 @@ class Store:
             return set()
         return {p.stem for p in folder.glob("*.parquet") if not p.name.startswith(".")}
 
+    def move_part(self, table: str, to_table: str, key: str) -> None:
+        """Move one part to another table's parts (atomic rename), marking it as just written (its mtime)."""
+        target = self.part_path(to_table, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.part_path(table, key), target)
+        os.utime(target)
+        _fsync_dir(target.parent)
+
     def consolidate(self, table: str, key_cols: list[str] | None = None,
-                    sort_by: list[str] | None = None) -> pd.DataFrame:
+                    sort_by: list[str] | None = None, newest_part_per: list[str] | None = None) -> pd.DataFrame:
         """Concatenate the parts present (in key order), drop duplicate rows, write the table atomically.
 
         Duplicates are judged on `key_cols` when given (the last part wins), else on whole rows;
-        `sort_by` orders the rows (stable) before writing."""
+        `newest_part_per` (columns) keeps, for each group of rows, only the rows of the part written last (so parts
+        of superseded work never pool with their replacement); `sort_by` orders the rows (stable) before writing."""
+        folder = self._part_dir(table)
         keys = sorted(self.part_keys(table))
-        frames = [pd.read_parquet(self._part_dir(table) / f"{k}.parquet") for k in keys]
-        frames = [f for f in frames if len(f.columns)]
+        if newest_part_per:  # oldest first: the last part of a group is its newest
+            keys.sort(key=lambda k: ((folder / f"{k}.parquet").stat().st_mtime_ns, k))
+        frames = [pd.read_parquet(folder / f"{k}.parquet").assign(_part=i) for i, k in enumerate(keys)]
+        frames = [f for f in frames if len(f.columns) > 1]
         if not frames:
             return pd.DataFrame()
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+        group = [c for c in newest_part_per or [] if c in df.columns]
+        if group:
+            newest = df.groupby(group, dropna=False, sort=False)["_part"].transform("max")
+            df = df[df["_part"] == newest]
+        df = df.drop(columns="_part")
         subset = [c for c in key_cols if c in df.columns] if key_cols else None
         df = df.drop_duplicates(subset=subset or None, keep="last")
         if sort_by:

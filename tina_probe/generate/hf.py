@@ -123,8 +123,11 @@ class HFGenerator:
             raise TinaError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are read)")
         key = (str(folder.resolve()), weights.stat().st_mtime_ns)
         if key not in self._loras:
-            self._loras[key] = read_plain_lora(folder.resolve(), self.model,
-                                               lora_compute_dtype(self.model.dtype), self.device)
+            try:
+                self._loras[key] = read_plain_lora(folder.resolve(), self.model,
+                                                   lora_compute_dtype(self.model.dtype), self.device)
+            except Exception as exc:  # safetensors' own error type, OSError, ...: one line naming the adapter
+                raise TinaError(f"{folder}: cannot read adapter ({str(exc).strip().splitlines()[0]})") from None
             while len(self._loras) > ADAPTER_CACHE:
                 self._loras.popitem(last=False)
         self._loras.move_to_end(key)
@@ -144,8 +147,15 @@ class HFGenerator:
                 self._merged_copy = (key, merged.merge_and_unload().eval())
             yield self._merged_copy[1]
             return
-        wrapped = PeftModel.from_pretrained(self.model, key, adapter_name=adapter_name(Path(key)),
-                                            is_trainable=False).eval()
+        try:
+            wrapped = PeftModel.from_pretrained(self.model, key, adapter_name=adapter_name(Path(key)),
+                                                is_trainable=False).eval()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # size mismatch, unreadable config, ...
+            base, tokenizer = self.base, self.tokenizer
+            self.model = None  # peft may have wrapped modules before it failed: the base is read again
+            self.load_base(base)
+            self.tokenizer = tokenizer
+            raise TinaError(f"{key}: cannot load adapter ({str(exc).strip().splitlines()[0]})") from None
         try:
             yield wrapped
         finally:
