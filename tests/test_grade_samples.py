@@ -95,3 +95,81 @@ def test_missing_columns_name_the_file_and_column(tmp_path):
         run_grade(path, tmp_path / "res", {"completion": "resp"})
     with pytest.raises(TinaError, match="no such samples file"):
         run_grade(tmp_path / "nope.jsonl", tmp_path / "res", {})
+
+
+def _per_problem_under(name):
+    """PER_PROBLEM with the list of completions under column `name` (the ids/golds/runs renamed to our names)."""
+    return [{"problem_id": r["id"], "answer": str(r["gold"]), name: r["responses"], "run": r["model"],
+             "step": r["ckpt"]} for r in PER_PROBLEM]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_list_under_completion_column_jsonl_and_parquet(tmp_path):
+    rows = _per_problem_under("completion")
+    _check(run_grade(_write_jsonl(tmp_path / "pp.jsonl", rows), tmp_path / "a"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "pp.parquet")
+    _check(run_grade(tmp_path / "pp.parquet", tmp_path / "b"))
+
+
+def test_map_completion_to_a_list_column(tmp_path):
+    rows = _per_problem_under("responses")
+    mapped = run_grade(_write_jsonl(tmp_path / "pp.jsonl", rows), tmp_path / "a", {"completion": "responses"})
+    _check(mapped)
+    flat = [{**{k: v for k, v in r.items() if k != "responses"}, "completion": c} for r in rows for c in r["responses"]]
+    same = run_grade(_write_jsonl(tmp_path / "pc.jsonl", flat), tmp_path / "b")
+    key = ["grading", "k"]
+    pd.testing.assert_frame_equal(mapped["passk"].sort_values(key).reset_index(drop=True)[key + ["value"]],
+                                  same["passk"].sort_values(key).reset_index(drop=True)[key + ["value"]])
+
+
+def test_one_problem_by_hand(tmp_path):
+    # 4 completions: 1 strict-correct, 2 lenient-correct (GOOD and LOOSE) -> pass@1 0.25 strict, 0.5 lenient
+    row = {"problem_id": "q", "answer": "5", "completion": [GOOD, LOOSE, WRONG, WRONG]}
+    tables = run_grade(_write_jsonl(tmp_path / "one.jsonl", [row]), tmp_path / "res")
+    assert tables["samples"]["sample_idx"].tolist() == [0, 1, 2, 3]
+    p = tables["passk"].set_index(["grading", "k"])["value"]
+    assert p[("strict", 1)] == pytest.approx(0.25) and p[("lenient", 1)] == pytest.approx(0.5)
+
+
+def test_mixed_strings_and_lists(tmp_path):
+    rows = [{"problem_id": "p1", "answer": "5", "completion": [GOOD, LOOSE]},
+            {"problem_id": "p1", "answer": "5", "completion": WRONG},
+            {"problem_id": "p2", "answer": "7", "completion": ""}]  # an empty completion is just wrong
+    s = run_grade(_write_jsonl(tmp_path / "mix.jsonl", rows), tmp_path / "res")["samples"]
+    assert s.groupby("problem_id")["sample_idx"].apply(sorted).to_dict() == {"p1": [0, 1, 2], "p2": [0]}
+    assert s.sort_values(["problem_id", "sample_idx"])["correct_lenient"].tolist() == [True, True, False, False]
+
+
+def test_ambiguous_list_layouts_are_errors(tmp_path):
+    both = {"problem_id": "a", "answer": "5", "completion": GOOD, "completions": [GOOD]}
+    with pytest.raises(TinaError, match=r"both\.jsonl: both 'completion' and 'completions'"):
+        run_grade(_write_jsonl(tmp_path / "both.jsonl", [both]), tmp_path / "res")
+    with_idx = {"problem_id": "a", "answer": "5", "completion": [GOOD, WRONG], "sample_idx": 0}
+    with pytest.raises(TinaError, match=r"idx\.jsonl: sample_idx given with lists"):
+        run_grade(_write_jsonl(tmp_path / "idx.jsonl", [with_idx]), tmp_path / "res")
+
+
+@pytest.mark.parametrize("gold", [None, float("nan"), "", "  "])
+def test_missing_answer_names_the_rows(tmp_path, gold):
+    rows = [{"problem_id": "a", "answer": "5", "completion": GOOD},
+            {"problem_id": "b", "answer": gold, "completion": GOOD}]
+    with pytest.raises(TinaError, match=r"x\.jsonl: missing gold answer at line 2$"):
+        run_grade(_write_jsonl(tmp_path / "x.jsonl", rows), tmp_path / "res")
+    pd.DataFrame(rows).to_parquet(tmp_path / "x.parquet")
+    with pytest.raises(TinaError, match=r"x\.parquet: missing gold answer at row 1$"):
+        run_grade(tmp_path / "x.parquet", tmp_path / "res")
+
+
+def test_missing_problem_id_and_completion_name_the_rows(tmp_path):
+    rows = [{"problem_id": None, "answer": "5", "completion": GOOD}] * 7
+    with pytest.raises(TinaError, match=r"missing problem_id at line 1, line 2, line 3, line 4, line 5 and 2 more"):
+        run_grade(_write_jsonl(tmp_path / "x.jsonl", rows), tmp_path / "res")
+    for bad in (None, [GOOD, None], []):
+        rows = [{"problem_id": "a", "answer": "5", "completion": GOOD},
+                {"problem_id": "b", "answer": "5", "completion": bad}]
+        with pytest.raises(TinaError, match=r"y\.jsonl: missing completion .* at line 2$"):
+            run_grade(_write_jsonl(tmp_path / "y.jsonl", rows), tmp_path / "res")

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -19,13 +20,16 @@ EXTERNAL = "external"  # kind and sampling label of completions made elsewhere
 
 
 def read_samples_file(path: Path) -> pd.DataFrame:
-    """A JSONL / JSON / parquet file as a DataFrame; errors name the file (and line)."""
+    """A JSONL / JSON / parquet file as a DataFrame indexed by 'line N' / 'item N' / 'row N', for error messages."""
     if path.suffix.lower() == ".parquet":
         try:
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise TinaError(f"{path}: unreadable parquet ({exc})") from None
-    return pd.DataFrame([row for _, row in read_rows(path)])
+        return df.set_axis([f"row {i}" for i in range(len(df))])
+    rows = read_rows(path)
+    labels = [where.rsplit(":", 1)[-1] for where, _ in rows]
+    return pd.DataFrame([row for _, row in rows], index=[f"line {x}" if x.isdigit() else x for x in labels])
 
 
 def apply_mapping(df: pd.DataFrame, mapping: dict[str, str], source: Path) -> pd.DataFrame:
@@ -36,23 +40,76 @@ def apply_mapping(df: pd.DataFrame, mapping: dict[str, str], source: Path) -> pd
     return df.rename(columns={old: new for new, old in mapping.items()})
 
 
-def to_one_row_per_completion(df: pd.DataFrame) -> pd.DataFrame:
-    """Explode a `completions` list column (one row per problem) into one row per completion with sample_idx."""
-    if "completion" in df.columns or "completions" not in df.columns:
+def merge_completions_column(df: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Accept a `completions` column as `completion` (older layout); having both is ambiguous, so an error."""
+    if "completions" not in df.columns:
         return df
+    if "completion" in df.columns:
+        raise TinaError(f"{source}: both 'completion' and 'completions' columns; drop one or --map completion=...")
+    return df.rename(columns={"completions": "completion"})
+
+
+def check_columns(df: pd.DataFrame, source: Path) -> None:
+    """Fail on the first absent needed column, listing the ones the file has."""
+    missing = [c for c in NEEDED if c not in df.columns]
+    if missing:
+        raise TinaError(f"{source}: missing column {missing[0]!r} (has {sorted(map(str, df.columns))})")
+
+
+def is_list(value) -> bool:
+    """A list of completions: a JSON list, or a numpy array (how parquet list columns come back)."""
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def is_null(value) -> bool:
+    """None, NaN, pd.NA (not a list: pd.isna of a list is elementwise)."""
+    return not is_list(value) and bool(pd.isna(value))
+
+
+def is_blank(value) -> bool:
+    """Null or an empty / whitespace-only string: no gold answer or problem id at all."""
+    return is_null(value) or (isinstance(value, str) and not value.strip()) or (is_list(value) and not len(value))
+
+
+def is_missing_completion(value) -> bool:
+    """Null, an empty list or a list holding a null (an empty string is a real, wrong, completion)."""
+    if is_list(value):
+        return not len(value) or any(is_null(v) for v in value)
+    return is_null(value)
+
+
+def rows_where(df: pd.DataFrame, col: str, missing) -> list[str]:
+    """Labels ('line 3', 'row 0') of the rows whose `col` value is missing by the given test."""
+    return [str(label) for label, value in df[col].items() if missing(value)]
+
+
+def check_values(df: pd.DataFrame, source: Path) -> None:
+    """Missing problem ids, gold answers and completions are errors naming the rows (they would grade as 'nan')."""
+    checks = [("problem_id", is_blank, "problem_id"), ("answer", is_blank, "gold answer"),
+              ("completion", is_missing_completion, "completion (null or empty list)")]
+    for col, missing, what in checks:
+        bad = rows_where(df, col, missing)
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise TinaError(f"{source}: missing {what} at {', '.join(bad[:5])}{more}")
+
+
+def to_one_row_per_completion(df: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Explode list-valued `completion` rows (one row per problem) into one row per completion; strings stay one."""
+    lists = df["completion"].map(is_list)
+    if not lists.any():
+        return df
+    if "sample_idx" in df.columns:
+        raise TinaError(f"{source}: sample_idx given with lists of completions; drop it (lists are numbered 0..n-1)")
     df = df.copy()
-    df["completions"] = df["completions"].map(lambda v: list(v) if v is not None else [])
-    df["sample_idx"] = df["completions"].map(lambda v: list(range(len(v))))
-    df = df.explode(["completions", "sample_idx"], ignore_index=True)
-    df = df[df["completions"].notna()]
-    return df.rename(columns={"completions": "completion"}).reset_index(drop=True)
+    df["completion"] = df["completion"].map(lambda v: list(v) if is_list(v) else v)
+    # no sample_idx column: normalize_samples numbers each problem's completions 0..n-1 in file order
+    return df.explode("completion", ignore_index=True)
 
 
 def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     """Check the needed columns and fill the optional ones (run, step, kind, benchmark, sample_idx, ...)."""
-    missing = [c for c in NEEDED if c not in df.columns]
-    if missing:
-        raise TinaError(f"{source}: missing column {missing[0]!r} (has {sorted(map(str, df.columns))})")
+    check_columns(df, source)
     df = df.copy()
     defaults = {"run": source.stem, "step": 0, "kind": EXTERNAL, "benchmark": source.stem, "sampling": EXTERNAL,
                 "truncated": False, "think_in_prompt": False}
@@ -60,7 +117,7 @@ def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
         df[col] = df[col].fillna(value) if col in df.columns else value
     df["step"] = df["step"].astype(int)
     df["problem_id"] = df["problem_id"].map(answer_text)
-    df["completion"] = df["completion"].fillna("").astype(str)
+    df["completion"] = df["completion"].astype(str)
     if "sample_idx" not in df.columns:
         df["sample_idx"] = df.groupby(["run", "step", "benchmark", "problem_id"]).cumcount()
     df["sample_idx"] = df["sample_idx"].astype(int)
@@ -68,7 +125,7 @@ def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
         # no tokenizer here: whitespace-separated words stand in for tokens (column n_tokens_counted says so)
         df["n_tokens"] = df["completion"].str.split().str.len()
         df["n_tokens_counted"] = "words"
-    return df
+    return df.reset_index(drop=True)
 
 
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -89,8 +146,10 @@ def run_grade(samples_file, out=Path("results"), mapping: dict[str, str] | None 
     if not path.is_file():
         raise TinaError(f"{path}: no such samples file")
     mapping = dict(mapping or {})
-    df = to_one_row_per_completion(apply_mapping(read_samples_file(path), mapping, path))
-    df = normalize_samples(df, path)
+    df = merge_completions_column(apply_mapping(read_samples_file(path), mapping, path), path)
+    check_columns(df, path)
+    check_values(df, path)
+    df = normalize_samples(to_one_row_per_completion(df, path), path)
     if df.empty:
         raise TinaError(f"{path}: no completions")
     rows = grade_frame(df)
