@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from conftest import SHARED_BENCHMARKS
+from tina_probe import benchmarks
 from tina_probe.benchmarks import (
     after_hashes,
     last_boxed,
@@ -89,6 +91,16 @@ def test_mmlu_choice_index_gives_a_letter():
     for p, r in zip(bench.problems, raw):
         assert p.answer == "ABCD"[r["answer"]]
         assert f"\n{p.answer}) {r['choices'][r['answer']]}" in p.question
+    assert bench.choice  # letters: graded as multiple choice
+    assert load_benchmark(f"mmlu-stem={path}", limit=5).choice
+
+
+def test_only_choice_benchmarks_grade_letters(lab_data):
+    assert not load_benchmark(f"minerva={shared('minerva_math.jsonl')}", limit=5).choice
+    assert not load_benchmark(f"gsm8k={shared('gsm8k.jsonl')}", limit=5).choice
+    assert not load_benchmark(str(lab_data)).choice
+    specs = registry()
+    assert {n for n, s in specs.items() if s.extract in benchmarks.CHOICE_EXTRACTIONS} == {"gpqa-diamond", "mmlu-stem"}
 
 
 def test_gpqa_choice_shuffle_is_deterministic(tmp_path):
@@ -102,6 +114,7 @@ def test_gpqa_choice_shuffle_is_deterministic(tmp_path):
     assert f"{a.answer}) right" in a.question
     assert sorted(line[3:] for line in a.question.splitlines()[-4:]) == ["right", "w1", "w2", "w3"]
     assert "LETTER" in a.prompt
+    assert load_benchmark(f"gpqa-diamond={path}").choice
 
 
 def test_ad_hoc_file_default_fields(tmp_path, lab_data):
@@ -137,5 +150,37 @@ def test_unknown_name_and_offline_dataset():
     with pytest.raises(TinaError, match="nosuch: unknown benchmark"):
         load_benchmark("nosuch=/tmp/x.jsonl")
     # conftest sets HF_HUB_OFFLINE: a datasets id without a local file fails at once, with the way out
-    with pytest.raises(TinaError, match=r"aime24: cannot load dataset .*--benchmarks aime24=FILE"):
+    start = time.monotonic()
+    with pytest.raises(TinaError, match=r"aime24: cannot load dataset 'HuggingFaceH4/aime_2024': offline "
+                                        r"\(HF_HUB_OFFLINE is set\).*--benchmarks aime24=FILE"):
         load_benchmark("aime24")
+    assert time.monotonic() - start < 10
+
+
+def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):
+    """No offline variable and no network: one quick probe, then the error, before datasets could retry."""
+    import datasets
+    from huggingface_hub import constants
+
+    for var in benchmarks.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed local port: refused at once
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets must not be asked"))
+    assert benchmarks.offline_var() is None and benchmarks.hub_unreachable()
+    start = time.monotonic()
+    with pytest.raises(TinaError) as err:
+        load_benchmark("gpqa-diamond")
+    assert time.monotonic() - start < 5
+    msg = str(err.value)
+    assert msg.startswith("gpqa-diamond: cannot load dataset 'Idavidrein/gpqa': the Hugging Face hub could not be")
+    assert "offline" in msg and msg.endswith("--benchmarks gpqa-diamond=FILE.jsonl") and "\n" not in msg
+
+
+def test_offline_variables(monkeypatch):
+    for var in benchmarks.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert benchmarks.offline_var() is None
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    assert benchmarks.offline_var() is None
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "yes")
+    assert benchmarks.offline_var() == "HF_DATASETS_OFFLINE"

@@ -261,3 +261,22 @@ def test_a_checkpoint_that_fails_to_load_is_skipped_and_the_rest_goes_on(runs_di
     assert sorted(tables["samples"]["step"].unique()) == [0, 20]
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(msgs) == 1 and "checkpoint-10" in msgs[0] and "simulated" in msgs[0]
+
+
+def test_a_choice_benchmark_is_graded_by_letters(runs_dir, tmp_path, tiny_base):
+    """run_eval on a multiple-choice benchmark (choice_index golds): a completion ending `Answer: A` is right exactly
+    where the gold letter is A (the grader reads the letter, not a boxed math answer)."""
+    rows = [{"question": f"Pick {i}", "choices": ["w", "x", "y", "z"], "answer": i % 2, "id": f"q{i}"}
+            for i in range(4)]
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+
+    class SaysA(Planted):
+        def generate(self, prompts, *, n, **kw):
+            return [[Completion("<think>\nhm\n</think>\nAnswer: A", 5, False)] * n for _ in prompts]
+
+    tables = run_eval([str(runs_dir / "lab-lora")], benchmarks=[f"mmlu-stem={bench}"], steps={0}, out=tmp_path / "r",
+                      generator=SaysA({}), **SETTINGS)
+    s = tables["samples"]
+    assert set(s["answer"]) == {"A", "B"}
+    assert (s["correct_strict"] == (s["answer"] == "A")).all() and (s["extracted_answer"] == "A").all()

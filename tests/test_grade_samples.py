@@ -173,3 +173,17 @@ def test_missing_problem_id_and_completion_name_the_rows(tmp_path):
                 {"problem_id": "b", "answer": "5", "completion": bad}]
         with pytest.raises(TinaError, match=r"y\.jsonl: missing completion .* at line 2$"):
             run_grade(_write_jsonl(tmp_path / "y.jsonl", rows), tmp_path / "res")
+
+
+@pytest.mark.parametrize("benchmark", ["gpqa-diamond", "my-mc-dump"])
+def test_multiple_choice_dumps_are_graded_by_their_answer_line(tmp_path, benchmark):
+    """A registered choice benchmark (by name) or an unknown one whose golds are all letters: graded by the final
+    `Answer: X` line (what the choice template asks for), not by a boxed math answer."""
+    rows = [{"problem_id": "q1", "answer": "B", "benchmark": benchmark, "completion": c} for c in
+            ("<think>\nB fits\n</think>\nAnswer: B", "<think>\nA fits\n</think>\nAnswer: A", "The answer is (B).")]
+    path = tmp_path / "mc.jsonl"
+    _write_jsonl(path, rows)
+    s = run_grade(path, tmp_path / "res")["samples"].sort_values("sample_idx")
+    assert s["correct_strict"].tolist() == [True, False, False]
+    assert s["correct_lenient"].tolist() == [True, False, True]
+    assert s["extracted_answer"].tolist() == ["B", "A", "B"]

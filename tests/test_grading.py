@@ -1,14 +1,17 @@
 """Strict and lenient grading with math-verify, on hand-made traps and on real benchmark answer formats."""
 
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from tina_probe.benchmarks import load_benchmark
 from tina_probe.errors import TinaError
-from tina_probe.grading import grade, grade_many, normalize_gold
+from tina_probe.grading import grade, grade_many, normalize_gold, scientific_latex
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 
@@ -115,3 +118,127 @@ def test_real_benchmark_answers(name):
         wrong = float(gold) + 1
         off = grade(wrap(f"\\boxed{{{normalize_gold(wrong)}}}", think=f"maybe {gold}"), gold)
         assert not off.correct_strict and not off.correct_lenient, row
+
+
+# ----------------------------------------------------------------------------- multiple choice (letters)
+
+THINK = "<think>\nA is tempting, but the answer is (C)... no.\n</think>\n"
+
+
+@pytest.mark.parametrize(
+    "completion, strict, lenient",
+    [
+        (THINK + "Answer: B", True, True),  # the requested last line
+        ("<think>x</think>\nAnswer: B", True, True),
+        (THINK + "Answer: (B)", True, True),
+        (THINK + "**Answer:** B", True, True),
+        (THINK + "**Answer: B**", True, True),
+        (THINK + "Answer: $B$", True, True),  # the template's $LETTER taken literally
+        (THINK + "Answer: B.", True, True),
+        (THINK + r"\boxed{B}", True, True),  # a single boxed letter is an equivalent final answer
+        (THINK + r"$\boxed{\text{B}}$", True, True),
+        (THINK + "B is right: the answer is (B).\nAnswer: B", True, True),  # restated, consistent
+        (THINK + "Answer: B\nAnswer: B", True, True),
+        (THINK + "Answer: A\nAnswer: B", False, True),  # hedging: not strict; lenient reads the last one
+        (THINK + "Answer: B\nAnswer: A", False, False),
+        ("<think>\nAnswer: A\n</think>\nAnswer: B", True, True),  # an answer inside the thinking is not hedging
+        (THINK + "Answer: b", False, True),  # lower case: not the format, the right letter
+        (THINK + "The answer is (B).", False, True),  # no Answer line
+        (THINK + "The answer is B", False, True),
+        (THINK + r"\boxed{\text{B}} is my answer", False, True),  # the box is not the last line
+        (THINK + r"\boxed{B} \boxed{B}", False, True),  # two boxes
+        (THINK + "Answer: C", False, False),  # wrong letter
+        (THINK + "Answer: B) because 42", False, True),  # the Answer line is not just the letter
+        (THINK + "I am not sure.", False, False),  # no answer after </think>; the think's (C) is wrong
+        (THINK + "Answer: $LETTER", False, False),  # the template echoed
+        (THINK + "the answer is I think B", False, False),  # "I" is not a choice here; (C) in the think is read
+        ("Answer: B", False, True),  # no thinking
+        ("<think>\nreasoning... Answer: B", False, True),  # thinking never closed
+        ("<think>\na\n</think>\nb\n</think>\nAnswer: B", False, True),  # </think> twice
+    ],
+)
+def test_grade_choice_cases(completion, strict, lenient):
+    g = grade(completion, "B", choice=True)
+    assert (g.correct_strict, g.correct_lenient) == (strict, lenient)
+    assert g.format.well_formatted or not strict  # strict = well formatted and the right letter
+
+
+def test_grade_choice_extracted_answer_format_and_flags():
+    g = grade(wrap("Answer: A\nAnswer: D"), "D", choice=True)
+    assert g.extracted_answer == "D" and not g.format.well_formatted
+    wrong = grade(wrap("Answer: C"), "D", choice=True)
+    assert wrong.format.well_formatted and wrong.extracted_answer == "C" and not wrong.correct_lenient
+    assert grade(wrap("the answer is (b)"), "B", choice=True).extracted_answer == "B"
+    assert grade(wrap("no letter here"), "B", choice=True).extracted_answer is None
+    truncated = grade(wrap("Answer: B"), "B", truncated=True, choice=True)
+    assert not truncated.correct_strict and truncated.correct_lenient and not truncated.format.well_formatted
+    assert grade("reasoning\n</think>\nAnswer: B", "B", think_in_prompt=True, choice=True).format.think_opened
+    # the same completion graded as math keeps the math meaning: no box, not well formatted, not correct
+    math = grade(wrap("Answer: B"), "B")
+    assert not math.format.well_formatted and not math.correct_strict
+
+
+def test_choice_golds():
+    assert grade(wrap("Answer: C"), "(C)", choice=True).correct_strict
+    assert grade(wrap("Answer: C"), " c ", choice=True).correct_strict
+    with pytest.raises(TinaError, match="not a choice letter"):
+        grade(wrap("Answer: C"), "42", choice=True)
+    grades = grade_many([wrap("Answer: A"), wrap("Answer: B")], ["A", "A"], choice=True)
+    assert [g.correct_strict for g in grades] == [True, False]
+
+
+def _choice_benchmarks(tmp_path):
+    """The shared MMLU-STEM file as registered (choice_index) and rewritten as a GPQA file (choice_shuffle)."""
+    rows = _rows("mmlu_stem.jsonl")
+    gpqa = tmp_path / "gpqa.jsonl"
+    with gpqa.open("w") as f:
+        for i, r in enumerate(rows[:500]):
+            wrong = [c for j, c in enumerate(r["choices"]) if j != r["answer"]]
+            f.write(json.dumps({"Record ID": f"rec{i}", "Question": r["question"],
+                                "Correct Answer": r["choices"][r["answer"]],
+                                **{f"Incorrect Answer {k + 1}": w for k, w in enumerate(wrong)}}) + "\n")
+    return [load_benchmark(f"mmlu-stem={BENCHMARKS / 'mmlu_stem.jsonl'}"), load_benchmark(f"gpqa-diamond={gpqa}")]
+
+
+def test_real_choice_benchmarks_grade_the_requested_answer_line(tmp_path):
+    for bench in _choice_benchmarks(tmp_path):
+        assert bench.choice and "Answer: $LETTER" in bench.problems[0].prompt
+        for p in bench.problems:
+            right = grade(f"<think>\nweighing the options\n</think>\nAnswer: {p.answer}", p.answer, choice=bench.choice)
+            assert right.correct_strict and right.correct_lenient and right.extracted_answer == p.answer, p.id
+            other = "ABCD"[("ABCD".index(p.answer) + 1) % 4]
+            wrong = grade(f"<think>\nmaybe {p.answer}\n</think>\nAnswer: {other}", p.answer, choice=bench.choice)
+            assert not wrong.correct_strict and not wrong.correct_lenient, p.id
+
+
+# ----------------------------------------------------------------------------- scientific notation (Minerva)
+
+
+def test_e_notation_gold_is_a_power_of_ten():
+    assert scientific_latex("4.5e33") == r"4.5 \times 10^{33}"
+    assert scientific_latex("+1e-05") == r"1 \times 10^{-5}" and scientific_latex("3E+8") == r"3 \times 10^{8}"
+    assert scientific_latex("e^{2}") == "e^{2}" and scientific_latex("2e") == "2e"  # not plain numbers
+    for pred in (r"4.5 \times 10^{33}", r"4.5\cdot10^{33}", "4.5e33", r"45 \times 10^{32}", "4.5E33"):
+        g = grade(wrap(f"\\boxed{{{pred}}}"), "4.5e33")
+        assert g.correct_strict and g.correct_lenient, pred
+    g = grade(wrap(r"\boxed{4.6 \times 10^{33}}"), "4.5e33")
+    assert not g.correct_strict and not g.correct_lenient
+    assert grade(wrap(r"\boxed{4.5 \times 10^{33}}"), r"4.5 \times 10^{33}").correct_strict  # LaTeX golds unchanged
+    assert not grade(wrap(r"\boxed{4.5e33}"), "12").correct_lenient
+
+
+def test_minerva_e_notation_golds():
+    _rows("minerva_math.jsonl")  # skips when the shared file is absent
+    bench = load_benchmark(f"minerva={BENCHMARKS / 'minerva_math.jsonl'}")
+    golds = [p.answer for p in bench.problems if re.fullmatch(r"[+-]?\d+(\.\d+)?[eE][+-]?\d+", p.answer)]
+    assert len(golds) == 58
+    for gold in golds:
+        mantissa, exponent = re.split("[eE]", gold)
+        as_latex = f"{mantissa} \\times 10^{{{int(exponent)}}}"
+        right = grade(wrap(f"\\boxed{{{as_latex}}}"), gold)
+        assert right.correct_strict and right.correct_lenient, gold
+        assert grade(wrap(f"\\boxed{{{gold}}}"), gold).correct_strict, gold  # the e-notation itself, boxed
+        # a doubled mantissa is wrong; math-verify's chop calls differences below ~1e-18 zero (3 golds), so skip those
+        if int(exponent) > -18:
+            doubled = f"{Decimal(mantissa) * 2} \\times 10^{{{int(exponent)}}}"
+            assert not grade(wrap(f"\\boxed{{{doubled}}}"), gold).correct_lenient, gold

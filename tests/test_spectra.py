@@ -376,7 +376,7 @@ def test_run_spectra_resumes_per_checkpoint(series, tmp_path, monkeypatch):
     monkeypatch.setattr(sp, "checkpoint_spectra", spy)
     again = sp.run_spectra(paths, out, intruders=False)
     assert len(again) == len(first)
-    assert sorted(called) == [2, 3]  # only the broken ones are tried again; finished ones are skipped
+    assert called == []  # finished ones are skipped; the broken ones (2, 3) never get past discovery
     monkeypatch.setattr(sp, "checkpoint_spectra", real)
     from tina_probe.store import Store
     Store(out).part_path("spectra", "lab-lora@6").unlink()

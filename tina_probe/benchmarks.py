@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import string
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,11 @@ from tina_probe.errors import TinaError
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 REGISTRY = DATA_DIR / "benchmarks.yaml"
 EXTRACTIONS = ("field", "boxed_in_field", "after_hashes", "choice_index", "choice_shuffle", "auto")
+CHOICE_EXTRACTIONS = ("choice_index", "choice_shuffle")  # gold is a letter: graded as multiple choice
+# Environment variables that put the Hugging Face hub offline (datasets then reads only its local cache).
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Seconds the one reachability check of the hub may take (datasets itself retries a dead network for ~25 s).
+HUB_PROBE_TIMEOUT_S = 5
 
 # fields tried, in order, for an ad hoc file (`--benchmarks file.jsonl`)
 _DEFAULT_QUESTION = ("question", "problem", "prompt", "input")
@@ -55,13 +61,14 @@ class BenchmarkSpec:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A loaded benchmark: its problems in file order."""
+    """A loaded benchmark: its problems in file order; `choice` when the answers are letters (multiple choice)."""
 
     name: str
     problems: list[Problem]
     source: str = ""
     think_in_prompt: bool = False
     spec: BenchmarkSpec | None = field(default=None, compare=False)
+    choice: bool = False  # grade with grading.grade(..., choice=True): a final `Answer: X` line, not a box
 
 
 # ----------------------------------------------------------------------------- pure answer extraction
@@ -232,17 +239,43 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def offline_var() -> str | None:
+    """The environment variable that puts the hub offline (HF_HUB_OFFLINE=1, ...), or None."""
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return var
+    return None
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (one HEAD, no retries), or None when it answers."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # DNS failure, refused or timed-out connection, proxy error, ...
+        return type(exc).__name__
+    return None
+
+
 def _dataset_rows(spec: BenchmarkSpec) -> list[tuple[str, dict]]:
-    """Rows of a `datasets` id; offline or unknown -> one TinaError telling to pass a local file."""
+    """Rows of a `datasets` id; offline, unreachable or unknown -> one TinaError telling to pass a local file.
+
+    Offline (an OFFLINE_VARS variable set) datasets reads its cache; online the hub is checked once first, since
+    datasets would retry a dead network for ~25 s before failing."""
+    way_out = f"pass a local file instead: --benchmarks {spec.name}=FILE.jsonl"
+    offline = offline_var()
+    down = None if offline else hub_unreachable()
+    if down:
+        raise TinaError(f"{spec.name}: cannot load dataset {spec.dataset!r}: the Hugging Face hub could not be "
+                        f"reached ({down}; offline or no hub access); {way_out}")
     import datasets
 
     try:
         ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
     except Exception as exc:  # ConnectionError offline, DatasetNotFoundError, gated access, ...
-        raise TinaError(
-            f"{spec.name}: cannot load dataset {spec.dataset!r} ({type(exc).__name__}); "
-            f"pass a local file instead: --benchmarks {spec.name}=FILE.jsonl"
-        ) from None
+        why = f"offline ({offline} is set) and not in the local datasets cache" if offline else type(exc).__name__
+        raise TinaError(f"{spec.name}: cannot load dataset {spec.dataset!r}: {why}; {way_out}") from None
     return [(f"{spec.dataset}[{spec.split}] row {i}", dict(r)) for i, r in enumerate(ds)]
 
 
@@ -253,6 +286,23 @@ def _pick(row: dict, names: tuple[str, ...], where: str, what: str):
     raise TinaError(f"{where}: missing field {' / '.join(repr(n) for n in names)} ({what}); has {sorted(row)}")
 
 
+def row_extraction(spec: BenchmarkSpec, row: dict, raw) -> str:
+    """The spec's extraction for one row; `auto` decided by the row (an index with choices, `####`, else field)."""
+    if spec.extract != "auto":
+        return spec.extract
+    if spec.choices in row and isinstance(raw, int) and not isinstance(raw, bool):
+        return "choice_index"
+    if isinstance(raw, str) and "####" in raw:
+        return "after_hashes"
+    return "field"
+
+
+def is_choice(spec: BenchmarkSpec, rows: list[tuple[str, dict]]) -> bool:
+    """Whether every row's gold is a choice letter (a choice extraction), so the benchmark grades letters."""
+    kinds = {row_extraction(spec, row, _pick(row, spec.answer, where, "answer")[1]) for where, row in rows}
+    return bool(kinds) and kinds <= set(CHOICE_EXTRACTIONS)
+
+
 def problem_from_row(spec: BenchmarkSpec, row: dict, index: int, where: str) -> Problem:
     """One Problem from a raw row per the spec (pure)."""
     _, question = _pick(row, spec.question, where, "question")
@@ -260,14 +310,7 @@ def problem_from_row(spec: BenchmarkSpec, row: dict, index: int, where: str) -> 
     ids = [n for n in spec.id if n in row and row[n] is not None]
     pid = answer_text(row[ids[0]]) if ids else str(index)
     question = str(question)
-    extract = spec.extract
-    if extract == "auto":
-        if spec.choices in row and isinstance(raw, int) and not isinstance(raw, bool):
-            extract = "choice_index"
-        elif isinstance(raw, str) and "####" in raw:
-            extract = "after_hashes"
-        else:
-            extract = "field"
+    extract = row_extraction(spec, row, raw)
     if extract == "field":
         answer = answer_text(raw)
     elif extract == "boxed_in_field":
@@ -317,7 +360,7 @@ def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
         dupe = next(i for i in ids if ids.count(i) > 1)
         raise TinaError(f"{source}: problem id {dupe!r} appears twice")
     return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
-                     spec=spec)
+                     spec=spec, choice=is_choice(spec, rows))
 
 
 def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:

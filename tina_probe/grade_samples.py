@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tina_probe.benchmarks import answer_text, read_rows
+from tina_probe.benchmarks import CHOICE_EXTRACTIONS, answer_text, read_rows, registry
 from tina_probe.errors import TinaError
 from tina_probe.evaluate import graded_fields, summarize
 from tina_probe.store import Store, stable_key
@@ -128,10 +129,31 @@ def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+_LETTER = re.compile(r"\(?[A-J]\)?")
+
+
+def choice_benchmarks(df: pd.DataFrame) -> set[str]:
+    """Benchmarks whose golds are choice letters: a registry entry read with a choice extraction, else (an unknown
+    name) every gold a single letter A-J, so that GPQA / MMLU dumps are graded by their `Answer: X` lines."""
+    specs = registry()
+    out = set()
+    for name, golds in df.groupby("benchmark")["answer"]:
+        spec = specs.get(str(name))
+        if spec is not None and spec.extract != "auto":
+            letters = spec.extract in CHOICE_EXTRACTIONS
+        else:
+            letters = golds.map(lambda g: bool(_LETTER.fullmatch(answer_text(g).strip()))).all()
+        if letters:
+            out.add(str(name))
+    return out
+
+
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Samples rows with the grade and format columns added (pure but for math-verify's timeouts)."""
+    choice = choice_benchmarks(df)
     graded = [
-        graded_fields(row.completion, row.answer, truncated=bool(row.truncated), think=bool(row.think_in_prompt))
+        graded_fields(row.completion, row.answer, truncated=bool(row.truncated), think=bool(row.think_in_prompt),
+                      choice=row.benchmark in choice)
         for row in tqdm(df.itertuples(index=False), total=len(df), desc="grading", unit="completion")
     ]
     out = df.drop(columns=[c for c in graded[0] if c in df.columns]) if graded else df

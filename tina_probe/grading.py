@@ -1,10 +1,13 @@
-"""Correctness of a completion against a gold answer with math-verify: strict (format-compliant) and lenient."""
+"""Correctness of a completion against a gold answer: strict (format-compliant) and lenient.
+
+Math answers are compared with math-verify; multiple-choice answers (choice=True) are letters read by pattern."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -18,16 +21,38 @@ EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfi
 TIMEOUT_S = 5
 # A gold string containing one of these is already LaTeX-delimited; a bare value gets wrapped in $...$.
 _DELIMITERS = ("$", "\\boxed", "\\(", "\\[")
+# A plain number in e-notation (Minerva's 4.5e33): math-verify's LaTeX parser reads the e as Euler's number.
+_E_NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
+# A box holding only such a number, in a completion (after canonical_boxes).
+_E_NUMBER_BOX = re.compile(r"\\boxed\{\s*(" + _E_NUMBER.pattern + r")\s*\}")
+
+# ----- multiple choice: a letter answer, read by pattern (math-verify would read a bare letter as a variable)
+# The letter itself: "(B)", "\text{B}", or a bare letter closed by ")" or ending the statement (not "I think").
+_ENCLOSED_LETTER = r"\(\s*([A-Za-z])\s*\)|\\text(?:bf)?\{\s*([A-Za-z])\s*\}"
+_LETTER = r"(?:" + _ENCLOSED_LETTER + r"|([A-Za-z])(?=\)|[*$}\]]*(?:[.,;:!?]|[ \t]*$|\s+[^a-z\s])))"
+# Where answers are stated: "Answer: X" (also **Answer:** X, Answer: $X$), "answer is (X)", \boxed{X}.
+_CHOICE_PATTERNS = (
+    re.compile(r"\b(?i:answer)\s*\**\s*:\s*\**\s*\$?\s*" + _LETTER, re.MULTILINE),
+    re.compile(r"\b(?i:answer)\s+is\s*:?\s*\**\s*\$?\s*" + _LETTER, re.MULTILINE),
+    re.compile(r"\\boxed\{\s*(?:" + _ENCLOSED_LETTER + r"|([A-Za-z]))\s*\}"),
+)
+# The strict final line (markdown * removed): "Answer: X", "Answer: (X)", "Answer: $X$" or one \boxed{X}.
+_FINAL_BOX = r"\$?\\boxed\{\s*(?:\\text\{\s*([A-Z])\s*\}|\(?([A-Z])\)?)\s*\}\$?"
+_FINAL_LINE = re.compile(
+    r"(?:(?i:final\s+)?(?i:answer)\s*:\s*)?" + _FINAL_BOX + r"\.?"
+    r"|(?:(?i:final\s+)?(?i:answer)\s*:\s*)(?:\(([A-Z])\)|\$([A-Z])\$|([A-Z]))\.?"
+)
 
 
 @dataclass(frozen=True)
 class Grade:
     """One completion's grade: the answer read, strict and lenient correctness, and its format report."""
 
-    extracted_answer: str | None  # the answer the strict grader read (boxed after </think>) or else lenient's
-    correct_strict: bool  # well formatted and the boxed answer after </think> equals gold
-    correct_lenient: bool  # math-verify finds the gold answer in the completion (boxed or last expr)
-    format: FormatReport
+    extracted_answer: str | None  # the answer the strict grader read (boxed after </think>) or else lenient's;
+    # for multiple choice the last letter answer found anywhere
+    correct_strict: bool  # well formatted and the boxed answer after </think> (choice: final Answer line) equals gold
+    correct_lenient: bool  # the gold answer is found in the completion (math: boxed or last expr; choice: last letter)
+    format: FormatReport  # for multiple choice, well_formatted judges the final Answer line instead of one box
 
 
 def _timeout() -> int | None:
@@ -54,9 +79,23 @@ def normalize_gold(gold: str | int | float) -> str:
     return text
 
 
+def scientific_latex(text: str) -> str:
+    """A plain e-notation number as LaTeX (4.5e33 -> 4.5 \\times 10^{33}): math-verify reads `e` as Euler's e."""
+    m = _E_NUMBER.fullmatch(text.strip())
+    if m is None:
+        return text
+    return f"{m.group(1).lstrip('+')} \\times 10^{{{int(m.group(2))}}}"
+
+
+def _scientific_boxes(text: str) -> str:
+    """Every \\boxed{4.5e33} (a box holding only an e-notation number) rewritten by scientific_latex."""
+    return _E_NUMBER_BOX.sub(lambda m: "\\boxed{" + scientific_latex(m.group(1)) + "}", text)
+
+
 @lru_cache(maxsize=65536)
 def parse_gold(gold: str) -> tuple:
     """Parsed gold answer (cached: the same gold is graded against many samples); the raw string if unparsable."""
+    gold = scientific_latex(gold)
     candidates = [gold] if any(d in gold for d in _DELIMITERS) else [f"${gold}$", gold]
     for text in candidates:
         parsed = _parse(text)
@@ -80,25 +119,79 @@ def _extracted_text(parsed: list) -> str | None:
     return str(parsed[0]) if parsed else None
 
 
+def choice_gold(gold: str | int | float) -> str:
+    """A multiple-choice gold as its upper-case letter ("B", " (b) " -> "B"); anything else is not a choice."""
+    text = normalize_gold(gold).strip("() ").upper()
+    if len(text) != 1 or not "A" <= text <= "Z":
+        raise TinaError(f"gold answer {gold!r}: not a choice letter")
+    return text
+
+
+def choice_answers(text: str) -> list[str]:
+    """Every letter answer stated in a text (Answer: X, answer is (X), \\boxed{X}), upper-cased, in text order."""
+    found = []
+    for pattern in _CHOICE_PATTERNS:
+        for m in pattern.finditer(text):
+            i = next(i for i, g in enumerate(m.groups(), start=1) if g)
+            found.append((m.start(i), m.group(i).upper()))
+    return [letter for _, letter in sorted(found)]
+
+
+def final_choice(region: str) -> str | None:
+    """The letter of the answer region's last line when it is the requested `Answer: X` (or one \\boxed{X})."""
+    lines = region.strip().splitlines()
+    m = _FINAL_LINE.fullmatch(lines[-1].replace("*", "").strip()) if lines else None
+    boxed = m is not None and bool(m.group(1) or m.group(2))
+    if m is None or (boxed and len(boxed_contents(region)) != 1):
+        return None
+    return next(g for g in m.groups() if g)
+
+
 def grade(
-    completion: str, gold: str | int | float, *, truncated: bool = False, think_in_prompt: bool = False
+    completion: str,
+    gold: str | int | float,
+    *,
+    truncated: bool = False,
+    think_in_prompt: bool = False,
+    choice: bool = False,
 ) -> Grade:
-    """Grade one completion: strict needs the format and its single boxed answer; lenient reads anywhere."""
-    return _grade(completion, normalize_gold(gold), bool(truncated), bool(think_in_prompt), _timeout())
+    """Grade one completion: strict needs the format and its single final answer; lenient reads anywhere.
+
+    choice=True for multiple-choice benchmarks: the answer is a letter on a final `Answer: X` line, not a box."""
+    gold_text = choice_gold(gold) if choice else normalize_gold(gold)
+    return _grade(completion, gold_text, bool(truncated), bool(think_in_prompt), _timeout(), bool(choice))
 
 
 @lru_cache(maxsize=4096)  # completions can be long: a bounded cache (tens of MB at most)
-def _grade(completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None) -> Grade:
+def _grade(
+    completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None, choice: bool
+) -> Grade:
     """grade() of a normalized gold, cached: a sweep meets the same completion often (greedy checkpoints that
     agree, short sampled answers) and math-verify takes ~1 ms per parse. `timeout` (main thread or not) is part of
     the key only: a parse cut by the alarm is not reused by a thread that would run it to the end."""
     report = format_report(completion, truncated=truncated, think_in_prompt=think_in_prompt)
+    if choice:
+        return _grade_choice(completion, gold_text, report)
     after = boxed_contents(answer_region(completion))
-    strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + after[0] + "}"))
-    lenient_parsed = [] if strict else _parse(canonical_boxes(completion))
+    strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
+    lenient_parsed = [] if strict else _parse(_scientific_boxes(canonical_boxes(completion)))
     # A strict-correct answer is found in the completion by definition: strict implies lenient.
     lenient = strict or _matches(gold_text, lenient_parsed)
     extracted = after[-1] if after else _extracted_text(lenient_parsed)
+    return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
+
+
+def _grade_choice(completion: str, gold_letter: str, report: FormatReport) -> Grade:
+    """A multiple-choice grade: strict needs closed thinking, no truncation and a final `Answer: X` line that every
+    answer stated after </think> agrees with (no hedging); lenient takes the last letter answer anywhere."""
+    region = answer_region(completion)
+    final = final_choice(region) if report.think_closed and not report.truncated else None
+    formatted = final is not None and set(choice_answers(region)) == {final}
+    strict = formatted and final == gold_letter
+    answers = choice_answers(completion)
+    extracted = answers[-1] if answers else None
+    lenient = strict or extracted == gold_letter
+    report = replace(report, well_formatted=formatted)
     return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
 
 
@@ -107,8 +200,9 @@ def grade_many(
     golds: Sequence[str | int | float],
     truncated: Sequence[bool] | None = None,
     think_in_prompt: bool = False,
+    choice: bool = False,
 ) -> list[Grade]:
-    """Grade completions against their golds, pairwise (one gold per completion)."""
+    """Grade completions against their golds, pairwise (one gold per completion); choice for letter answers."""
     if truncated is None:
         truncated = [False] * len(completions)
     if not len(completions) == len(golds) == len(truncated):
@@ -116,6 +210,6 @@ def grade_many(
             f"grade_many: {len(completions)} completions, {len(golds)} golds, {len(truncated)} truncated flags"
         )
     return [
-        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt)
+        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt, choice=choice)
         for c, g, t in zip(completions, golds, truncated)
     ]
