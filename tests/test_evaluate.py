@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tina_probe.errors import TinaError
+from tina_probe.errors import CheckpointError, TinaError
 from tina_probe.evaluate import SAMPLE_KEY_COLS, run_eval, summary_frame
 from tina_probe.generate.base import Completion
 from tina_probe.generate.hf import HFGenerator
@@ -244,15 +244,16 @@ def test_other_settings_under_the_same_names_replace_rather_than_pool(runs_dir, 
 
 
 def test_a_checkpoint_that_fails_to_load_is_skipped_and_the_rest_goes_on(runs_dir, tmp_path, monkeypatch, caplog):
-    """A broken adapter that discovery cannot see (the generator's TinaError): one warning naming it; the base and the
-    other checkpoints are generated and stored."""
+    """A broken adapter that discovery cannot see (the generator's CheckpointError): one warning naming it; the base
+    and the other checkpoints are generated and stored, and results stored earlier for it are not shown as current;
+    any other error (a bad gold answer, a crash) still stops the sweep."""
     import logging
 
     real = HFGenerator._lora
 
     def broken(self, adapter):
         if Path(adapter).name == "checkpoint-10":
-            raise TinaError(f"{adapter}: cannot read adapter (simulated)")
+            raise CheckpointError(f"{adapter}: cannot read adapter (simulated)")
         return real(self, adapter)
 
     monkeypatch.setattr(HFGenerator, "_lora", broken)
@@ -261,6 +262,22 @@ def test_a_checkpoint_that_fails_to_load_is_skipped_and_the_rest_goes_on(runs_di
     assert sorted(tables["samples"]["step"].unique()) == [0, 20]
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(msgs) == 1 and "checkpoint-10" in msgs[0] and "simulated" in msgs[0]
+    # results of an earlier checkpoint-10 in the same store: shelved once it is saved again and cannot be loaded
+    monkeypatch.setattr(HFGenerator, "_lora", real)
+    out = tmp_path / "again"
+    run_eval([str(runs_dir / "lab-lora")], out=out, generator=HFGenerator(), **SETTINGS)
+    weights = runs_dir / "lab-lora" / "checkpoint-10" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    monkeypatch.setattr(HFGenerator, "_lora", broken)
+    stale = run_eval([str(runs_dir / "lab-lora")], out=out, generator=HFGenerator(), **SETTINGS)
+    assert sorted(stale["samples"]["step"].unique()) == [0, 20]
+
+    def bad_grade(*a, **kw):
+        raise TinaError("gold answer: empty")
+
+    monkeypatch.setattr("tina_probe.evaluate.grade_rows", bad_grade)
+    with pytest.raises(TinaError, match="gold answer"):
+        run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "third", generator=HFGenerator(), **SETTINGS)
 
 
 def test_a_choice_benchmark_is_graded_by_letters(runs_dir, tmp_path, tiny_base):
@@ -280,3 +297,57 @@ def test_a_choice_benchmark_is_graded_by_letters(runs_dir, tmp_path, tiny_base):
     s = tables["samples"]
     assert set(s["answer"]) == {"A", "B"}
     assert (s["correct_strict"] == (s["answer"] == "A")).all() and (s["extracted_answer"] == "A").all()
+
+
+def test_parts_from_before_group_keys_are_replaced_and_grade_parts_pool(runs_dir, tmp_path, tiny_base):
+    """A store written before keys had group prefixes: its eval parts are shelved when the same group is evaluated
+    again (never pooled with the new rows); parts of `tina-probe grade` (kind external) are left to pool."""
+    from tina_probe.store import Store
+
+    right = {tiny_base.name: 1, "checkpoint-10": 1, "checkpoint-20": 2}
+    out, run = tmp_path / "res", [str(runs_dir / "lab-lora")]
+    first = run_eval(run, out=out, generator=Planted(right), **SETTINGS)
+    store = Store(out)
+    legacy = first["samples"][first["samples"].step == 20].assign(correct_strict=False)  # a stale, different unit
+    store.write_part("samples", "0123456789abcdef0123", legacy)
+    external = legacy.assign(run="dump", kind="external", sampling="external")
+    store.write_part("samples", "fedcba98765432100000", external)
+    again = run_eval(run, out=out, generator=Planted(right), **SETTINGS)
+    s = again["samples"]
+    assert s[(s.run == "lab-lora") & (s.step == 20)]["correct_strict"].all()
+    assert store.has_part("samples_superseded", "0123456789abcdef0123")
+    assert (s.run == "dump").sum() == len(external)
+
+
+def test_a_lora_on_a_tied_weight_is_never_merged_in_place(tiny_base, tmp_path):
+    """Merging a LoRA on the tied lm_head would change the input embeddings too: such an adapter runs unmerged even
+    with merge=True, and its completions equal peft's."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base), dtype=torch.float32)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head", "q_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "tied")
+    prompts = ["1+2=?", "3+4=?"]
+    greedy = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=6, seed=0)
+    texts = {}
+    for merge in (None, True):
+        gen = HFGenerator(merge=merge)
+        gen.load_base(str(tiny_base))
+        texts[merge] = [g[0].text for g in gen.generate(prompts, adapter=tmp_path / "tied", **greedy)]
+        assert torch.equal(gen.model.lm_head.weight, gen.model.model.embed_tokens.weight)
+    tok = AutoTokenizer.from_pretrained(str(tiny_base), padding_side="left")
+    ref_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base), dtype=torch.float32), str(tmp_path / "tied")).eval()
+    ref = []
+    for p in prompts:
+        enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        out = ref_model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        ids = out[0, enc["input_ids"].shape[1]:].tolist()
+        ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+        ref.append(tok.decode(ids, skip_special_tokens=True))
+    assert texts[None] == texts[True] == ref

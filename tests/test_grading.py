@@ -142,7 +142,7 @@ THINK = "<think>\nA is tempting, but the answer is (C)... no.\n</think>\n"
         (THINK + "Answer: A\nAnswer: B", False, True),  # hedging: not strict; lenient reads the last one
         (THINK + "Answer: B\nAnswer: A", False, False),
         ("<think>\nAnswer: A\n</think>\nAnswer: B", True, True),  # an answer inside the thinking is not hedging
-        (THINK + "Answer: b", False, True),  # lower case: not the format, the right letter
+        (THINK + "Answer: b", True, True),  # a lower-case final Answer line is read upper-cased
         (THINK + "The answer is (B).", False, True),  # no Answer line
         (THINK + "The answer is B", False, True),
         (THINK + r"\boxed{\text{B}} is my answer", False, True),  # the box is not the last line
@@ -151,7 +151,7 @@ THINK = "<think>\nA is tempting, but the answer is (C)... no.\n</think>\n"
         (THINK + "Answer: B) because 42", False, True),  # the Answer line is not just the letter
         (THINK + "I am not sure.", False, False),  # no answer after </think>; the think's (C) is wrong
         (THINK + "Answer: $LETTER", False, False),  # the template echoed
-        (THINK + "the answer is I think B", False, False),  # "I" is not a choice here; (C) in the think is read
+        (THINK + "the answer is I think B", False, True),  # "I" before a word is not a choice: B is read
         ("Answer: B", False, True),  # no thinking
         ("<think>\nreasoning... Answer: B", False, True),  # thinking never closed
         ("<think>\na\n</think>\nb\n</think>\nAnswer: B", False, True),  # </think> twice
@@ -161,6 +161,41 @@ def test_grade_choice_cases(completion, strict, lenient):
     g = grade(completion, "B", choice=True)
     assert (g.correct_strict, g.correct_lenient) == (strict, lenient)
     assert g.format.well_formatted or not strict  # strict = well formatted and the right letter
+
+
+@pytest.mark.parametrize(
+    "answer_region, strict, lenient, extracted",
+    [
+        # no letter stated: a lower-case bare letter, a symbol in an equation, a lower-case or non-letter box
+        ("So the answer is a 7-digit number.", False, False, None),
+        ("the answer is $E = mc^2$", False, False, None),
+        ("Answer: n = 5", False, False, None),
+        (r"\boxed{x}", False, False, None),
+        (r"\boxed{E = mc^2}", False, False, None),
+        # ... so they do not make a right final Answer line look like hedging
+        ("the answer is $E = 5$ eV.\nAnswer: B", True, True, "B"),
+        ("So the answer is a 7-digit number.\nAnswer: B", True, True, "B"),
+        ("Answer: n = 5\nAnswer: B", True, True, "B"),
+        ("\\boxed{x}\nAnswer: B", True, True, "B"),
+        # a bare upper-case letter followed by a lower-case word is stated; "I think" is not the letter I
+        ("The answer is B because the field vanishes.", False, True, "B"),
+        ("Answer: B is correct", False, True, "B"),
+        ("the answer is I think B", False, True, "B"),
+        ("the answer is I.", False, False, "I"),
+        ("The answer is B because of A.\nAnswer: B", True, True, "B"),
+        # the final line takes what choice_answers takes: \text{B} in $...$, a lower-case letter (upper-cased)
+        (r"Answer: $\text{B}$", True, True, "B"),
+        ("answer: b", True, True, "B"),
+        ("**Answer:** b", True, True, "B"),
+        (r"\boxed{(B)}", True, True, "B"),
+        (r"\boxed{\text{b}}", True, True, "B"),
+        ("the answer is (b)", False, True, "B"),
+    ],
+)
+def test_grade_choice_letter_reading(answer_region, strict, lenient, extracted):
+    g = grade(wrap(answer_region), "B", choice=True)
+    assert (g.correct_strict, g.correct_lenient, g.extracted_answer) == (strict, lenient, extracted)
+    assert g.format.well_formatted == strict  # gold B: every well-formatted case here is right
 
 
 def test_grade_choice_extracted_answer_format_and_flags():

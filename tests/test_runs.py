@@ -252,3 +252,17 @@ def test_training_log_new_and_old_trl_names(runs_dir):
 def test_training_log_without_state_is_an_error(tmp_path):
     with pytest.raises(TinaError, match="trainer_state.json"):
         training_log(tmp_path)
+
+
+def test_an_adapter_on_a_tied_lm_head_passes_discovery(tiny_base, tmp_path):
+    """The tied lm_head is saved once, as the input embeddings: an adapter on it is not 'for another model'."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base), dtype=torch.float32)
+    run = tmp_path / "tied-run"
+    get_peft_model(model, LoraConfig(r=4, target_modules=["lm_head", "q_proj"])).save_pretrained(run / "checkpoint-5")
+    (run / "tina_run.json").write_text(json.dumps({"name": "tied-run", "base": str(tiny_base)}))
+    (found,) = discover_runs([run])
+    assert [c.step for c in found.checkpoints] == [0, 5]

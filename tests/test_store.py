@@ -53,27 +53,29 @@ def test_parts_and_consolidate(tmp_path):
     assert len(out) == 6
 
 
-def test_newest_part_per_group_and_moving_parts(tmp_path):
-    """newest_part_per: a group's rows come from its most recently written part only (a replaced unit never pools
-    with its replacement, even when a crash left both); move_part shelves a part and brings it back as newest."""
+def test_newest_part_per_key_prefix_and_moving_parts(tmp_path):
+    """newest_per_key_prefix: of parts keyed '<prefix>-<rest>' only the newest per prefix is read (a replaced unit
+    never pools with its replacement, even when a crash left both); parts without a prefix all pool; move_part
+    shelves a part and brings it back as the newest."""
     import os
 
     store = Store(tmp_path)
     old = pd.DataFrame({"run": ["r"] * 3, "step": [0] * 3, "problem_id": ["p1", "p2", "p3"], "x": [1, 1, 1]})
     new = pd.DataFrame({"run": ["r"] * 2, "step": [0] * 2, "problem_id": ["p1", "p2"], "x": [2, 2]})
     other = pd.DataFrame({"run": ["r"], "step": [10], "problem_id": ["p1"], "x": [3]})
-    for key, df, t in (("z-old", old, 1_000), ("a-new", new, 2_000), ("m-other", other, 1_500)):
+    extra = pd.DataFrame({"run": ["r"], "step": [10], "problem_id": ["p2"], "x": [4]})
+    parts = (("g0-z", old, 1_000), ("g0-a", new, 2_000), ("plain1", other, 1_500), ("plain2", extra, 500))
+    for key, df, t in parts:
         store.write_part("samples", key, df)
         os.utime(store.part_path("samples", key), ns=(t * 10**9, t * 10**9))
-    out = store.consolidate("samples", key_cols=["run", "step", "problem_id"], sort_by=["step", "problem_id"],
-                            newest_part_per=["run", "step"])
-    assert out["x"].tolist() == [2, 2, 3]  # step 0 from the newest part only, though 'z-old' sorts last
-    store.move_part("samples", "shelf", "a-new")
-    assert not store.has_part("samples", "a-new") and store.has_part("shelf", "a-new")
-    assert store.consolidate("samples", newest_part_per=["run", "step"])["x"].tolist() == [1, 1, 1, 3]
-    store.move_part("shelf", "samples", "a-new")  # back, and now the newest of its group
-    out = store.consolidate("samples", sort_by=["step", "problem_id"], newest_part_per=["run", "step"])
-    assert out["x"].tolist() == [2, 2, 3]
+    sort = ["step", "problem_id"]
+    out = store.consolidate("samples", key_cols=["run", "step", "problem_id"], sort_by=sort, newest_per_key_prefix=True)
+    assert out["x"].tolist() == [2, 2, 3, 4]  # g0 from its newest part only, though 'g0-z' sorts last; plain parts pool
+    store.move_part("samples", "shelf", "g0-a")
+    assert not store.has_part("samples", "g0-a") and store.has_part("shelf", "g0-a")
+    assert store.consolidate("samples", sort_by=sort, newest_per_key_prefix=True)["x"].tolist() == [1, 1, 1, 3, 4]
+    store.move_part("shelf", "samples", "g0-a")  # back, and now the newest of its prefix
+    assert store.consolidate("samples", sort_by=sort, newest_per_key_prefix=True)["x"].tolist() == [2, 2, 3, 4]
 
 
 def test_safe_key_is_file_safe_and_distinct():

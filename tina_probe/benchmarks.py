@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -297,6 +298,11 @@ def row_extraction(spec: BenchmarkSpec, row: dict, raw) -> str:
     return "field"
 
 
+def is_choice_letter(gold) -> bool:
+    """A gold that is one upper-case choice letter A-J ("B", "(C)"): how an ad hoc file or a dump shows choices."""
+    return bool(re.fullmatch(r"\(?[A-J]\)?", answer_text(gold).strip()))
+
+
 def is_choice(spec: BenchmarkSpec, rows: list[tuple[str, dict]]) -> bool:
     """Whether every row's gold is a choice letter (a choice extraction), so the benchmark grades letters."""
     kinds = {row_extraction(spec, row, _pick(row, spec.answer, where, "answer")[1]) for where, row in rows}
@@ -359,8 +365,9 @@ def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
     if len(set(ids)) != len(ids):
         dupe = next(i for i in ids if ids.count(i) > 1)
         raise TinaError(f"{source}: problem id {dupe!r} appears twice")
+    letters = spec.extract == "auto" and bool(problems) and all(is_choice_letter(p.answer) for p in problems)
     return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
-                     spec=spec, choice=is_choice(spec, rows))
+                     spec=spec, choice=is_choice(spec, rows) or letters)
 
 
 def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:

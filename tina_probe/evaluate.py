@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tina_probe.benchmarks import Benchmark, load_benchmark
-from tina_probe.errors import TinaError
+from tina_probe.errors import CheckpointError, TinaError
 from tina_probe.generate import Generator, SamplingSettings, make_generator
 from tina_probe.generate.base import GenJob, generate_jobs
 from tina_probe.runs import Checkpoint, Run, discover_runs, weights_identity
@@ -53,17 +53,23 @@ def _settings_fields(s: SamplingSettings) -> list:
     return [s.n, float(s.temperature), float(s.top_p), s.max_tokens, s.seed]
 
 
+def group_prefix(run: str, step: int, benchmark: str, sampling: str) -> str:
+    """The key of one row group of the tables (run, step, benchmark, sampling label): units that share it replace
+    each other (another --limit, backend or checkpoint file under the same names) instead of pooling samples."""
+    return stable_key("group", str(run), int(step), str(benchmark), str(sampling))[:16]
+
+
 def group_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings) -> str:
-    """The key of one row group of the tables (run, step, benchmark, sampling): units that share it replace each
-    other (another --limit, backend or checkpoint file under the same names) instead of pooling their samples."""
-    return stable_key("group", ckpt.run, ckpt.step, bench.name, sampling_label(s))[:16]
+    """group_prefix of a unit."""
+    return group_prefix(ckpt.run, ckpt.step, bench.name, sampling_label(s))
 
 
 def unit_key(ckpt: Checkpoint, bench: Benchmark, s: SamplingSettings, backend: str = "hf") -> str:
     """The stable resume key of one unit, '<group key>-<hash>': run, step, the checkpoint's path and files,
     benchmark problems, sampling settings and backend (different random streams: not interchangeable)."""
+    base_files = weights_identity(ckpt.base) if ckpt.kind == "lora" else None  # an adapter's output needs its base
     return group_key(ckpt, bench, s) + "-" + stable_key(
-        "unit", ckpt.run, ckpt.step, str(ckpt.path), weights_identity(ckpt.path), bench.name,
+        "unit", ckpt.run, ckpt.step, str(ckpt.path), weights_identity(ckpt.path), base_files, bench.name,
         benchmark_fingerprint(bench), *_settings_fields(s), backend)
 
 
@@ -249,8 +255,23 @@ class _GroupParts:
         self.parts: dict[str, set[str]] = {}
         for key in store.part_keys("samples"):
             prefix, sep, _ = key.partition("-")
-            if sep:  # parts written before group keys existed have no prefix; consolidation still ranks them
+            if not sep:  # a part of `tina-probe grade` (pooled), or an eval part from before group keys existed
+                prefix = self._legacy_group(key)
+            if prefix:
                 self.parts.setdefault(prefix, set()).add(key)
+
+    def _legacy_group(self, key: str) -> str | None:
+        """The group of an eval part written before keys had group prefixes (one unit: its first row says which);
+        None for `tina-probe grade` parts (kind external: pooled, never replaced) and unreadable ones."""
+        try:
+            first = pd.read_parquet(self.store.part_path("samples", key),
+                                    columns=["run", "step", "kind", "benchmark", "sampling"]).head(1)
+        except Exception:  # another process moved it, or another layout: leave it alone
+            return None
+        if first.empty or first["kind"].iloc[0] not in ("base", "lora", "full"):
+            return None
+        row = first.iloc[0]
+        return group_prefix(row["run"], row["step"], row["benchmark"], row["sampling"])
 
     def bring_back(self, u: Unit) -> None:
         """Move u's part back from SUPERSEDED when it is there and not among the current parts."""
@@ -258,13 +279,18 @@ class _GroupParts:
             self.store.move_part(SUPERSEDED, "samples", u.key)
             self.parts.setdefault(u.key.partition("-")[0], set()).add(u.key)
 
-    def make_current(self, u: Unit) -> None:
-        """Shelve every other part of u's group (u's own part exists: it was written or brought back first)."""
+    def make_current(self, u: Unit, *, done: bool = True) -> None:
+        """Shelve every other part of u's group (u's own part exists: it was written or brought back first); done=False
+        (u could not be generated): every part of its group, so no stale result stands in for it."""
         prefix = u.key.partition("-")[0]
-        for key in self.parts.get(prefix, set()) - {u.key}:
+        keep = {u.key} if done else set()
+        for key in self.parts.get(prefix, set()) - keep:
             if self.store.has_part("samples", key):
-                self.store.move_part("samples", SUPERSEDED, key)
-        self.parts[prefix] = {u.key}
+                try:
+                    self.store.move_part("samples", SUPERSEDED, key)
+                except FileNotFoundError:  # another shard moved it first
+                    pass
+        self.parts[prefix] = keep
 
 
 def _pending(store: Store, group: Sequence[Unit]) -> list[Unit]:
@@ -303,13 +329,14 @@ def _model_groups(units: Sequence[Unit]) -> list[tuple[str, str | None, list[Uni
 
 
 def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: SamplingSettings, *, batch_size: int,
-          backend: str) -> int:
+          backend: str, parts: _GroupParts | None = None) -> int:
     """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run.
     Each unit asked for becomes its row group's current part (results of other settings under the same run, step,
     benchmark and sampling label are shelved, not pooled)."""
-    parts = _GroupParts(store)
-    for u in units:
-        parts.bring_back(u)
+    if parts is None:
+        parts = _GroupParts(store)
+        for u in units:
+            parts.bring_back(u)
     todo = {u.key for u in units if _todo(store, u)}
     bar = tqdm(total=len(todo), desc="eval units", unit="unit", disable=not todo)
     finished: set[str] = set()
@@ -327,7 +354,7 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
             adapters = list(dict.fromkeys(Path(u.ckpt.path) for u in group if u.ckpt.kind == "lora"))
             try:
                 gen.load_base(model, adapters=adapters, tokenizer=tokenizer)
-            except TinaError as exc:
+            except CheckpointError as exc:
                 if group[0].ckpt.kind != "full":
                     raise  # the base of every run in the group: nothing to go on with
                 log.warning("skipping %s: %s", model, exc)
@@ -337,18 +364,21 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
                     _save_generated(store, u, rows)
                     finish(v for v in group if v.gen_key == u.gen_key)
         finish(group)
+    for u in units:
+        if u.key not in finished:  # skipped (could not be loaded): its group shows nothing rather than old results
+            parts.make_current(u, done=False)
     bar.close()
     return len(todo)
 
 
 def _generate_wave(gen: Generator, wave: Sequence[Unit], s: SamplingSettings, batch_size: int,
                    backend: str) -> list[tuple[Unit, pd.DataFrame]]:
-    """generate_units for a wave; when a checkpoint cannot be used (the generator's TinaError: a broken file that
-    discovery could not see), each unit alone, and one that still fails on its own is skipped with one warning while
+    """generate_units for a wave; when a checkpoint cannot be used (the generator's CheckpointError: a broken file
+    that discovery could not see), each unit alone, and one that still fails on its own is skipped with one warning while
     the rest goes on. The base failing, or any other error, stops the sweep (finished units are stored already)."""
     try:
         return list(generate_units(gen, wave, s, batch_size, backend))
-    except TinaError as exc:
+    except CheckpointError as exc:
         if len(wave) > 1:
             return [done for u in wave for done in _generate_wave(gen, [u], s, batch_size, backend)]
         if wave[0].ckpt.kind == "base":
@@ -362,7 +392,7 @@ def summarize(store: Store) -> dict[str, pd.DataFrame]:
     from tina_probe.passk import format_table, passk_table
 
     samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS,
-                                newest_part_per=["run", "step", "benchmark", "sampling"])
+                                newest_per_key_prefix=True)
     if samples.empty:
         return {"samples": samples, "passk": pd.DataFrame(), "format": pd.DataFrame()}
     groups = [c for c in SUMMARY_GROUPS if c in samples.columns]
@@ -450,11 +480,14 @@ def run_eval(
     benches = _benchmarks_for(runs, benchmarks, limit)
     units = shard_units(plan_units(runs, benches, settings, backend), shard)
     store = Store(out)
+    parts = _GroupParts(store)
+    for u in units:
+        parts.bring_back(u)  # before deciding whether a generator is needed: shelved results need none
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):
         gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only (None: auto)
     try:  # without a generator everything was generated already: only per-run copies of base rows may be missing
-        sweep(store, gen, units, settings, batch_size=batch_size, backend=backend)
+        sweep(store, gen, units, settings, batch_size=batch_size, backend=backend, parts=parts)
     finally:
         if gen is not None and generator is None:
             gen.close()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tina_probe.benchmarks import CHOICE_EXTRACTIONS, answer_text, read_rows, registry
+from tina_probe.benchmarks import CHOICE_EXTRACTIONS, answer_text, is_choice_letter, read_rows, registry
 from tina_probe.errors import TinaError
 from tina_probe.evaluate import graded_fields, summarize
 from tina_probe.store import Store, stable_key
@@ -129,9 +128,6 @@ def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-_LETTER = re.compile(r"\(?[A-J]\)?")
-
-
 def choice_benchmarks(df: pd.DataFrame) -> set[str]:
     """Benchmarks whose golds are choice letters: a registry entry read with a choice extraction, else (an unknown
     name) every gold a single letter A-J, so that GPQA / MMLU dumps are graded by their `Answer: X` lines."""
@@ -142,7 +138,7 @@ def choice_benchmarks(df: pd.DataFrame) -> set[str]:
         if spec is not None and spec.extract != "auto":
             letters = spec.extract in CHOICE_EXTRACTIONS
         else:
-            letters = golds.map(lambda g: bool(_LETTER.fullmatch(answer_text(g).strip()))).all()
+            letters = golds.map(is_choice_letter).all()
         if letters:
             out.add(str(name))
     return out

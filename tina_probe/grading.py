@@ -27,21 +27,31 @@ _E_NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
 _E_NUMBER_BOX = re.compile(r"\\boxed\{\s*(" + _E_NUMBER.pattern + r")\s*\}")
 
 # ----- multiple choice: a letter answer, read by pattern (math-verify would read a bare letter as a variable)
-# The letter itself: "(B)", "\text{B}", or a bare letter closed by ")" or ending the statement (not "I think").
+# The letter itself. Enclosed, in either case: "(B)", "(b)", "\text{B}". Bare, only an upper-case A-J that ends the
+# statement: followed (after any markdown/$/} closers) by ")", punctuation, the end of the line, or a lower-case word
+# ("B because", "B is correct"); never a bare "I" before a word ("I think"). So "a 7-digit number", "$E = mc^2$"
+# and "n = 5" state no letter.
 _ENCLOSED_LETTER = r"\(\s*([A-Za-z])\s*\)|\\text(?:bf)?\{\s*([A-Za-z])\s*\}"
-_LETTER = r"(?:" + _ENCLOSED_LETTER + r"|([A-Za-z])(?=\)|[*$}\]]*(?:[.,;:!?]|[ \t]*$|\s+[^a-z\s])))"
-# Where answers are stated: "Answer: X" (also **Answer:** X, Answer: $X$), "answer is (X)", \boxed{X}.
+_BARE_LETTER = r"([A-J])(?=[*$}\]]*(?:[).,;:!?]|[ \t]*$)|(?<=[A-HJ])[*$}\]]*\s+[a-z])"
+_LETTER = r"(?:" + _ENCLOSED_LETTER + "|" + _BARE_LETTER + ")"
+_I_THINK = r"(?:I\s+[a-z]+\s+)?"  # "the answer is I think B": the letter after the aside
+# The letter in a box: enclosed (either case) or a bare upper-case A-J alone (not \boxed{x}, \boxed{E = mc^2}).
+_BOXED_LETTER = r"\\boxed\{\s*(?:" + _ENCLOSED_LETTER + r"|([A-J]))\s*\}"
+# A whole "Answer: X" line (markdown *, $X$, a final "."): its letter counts in either case and any letter.
+_ANSWER_LINE = (
+    r"(?:(?i:final[ \t*]+)?(?i:answer)[ \t*]*:[ \t*]*)(?:" + _ENCLOSED_LETTER
+    + r"|\$\s*(?:\\text(?:bf)?\{\s*([A-Za-z])\s*\}|([A-Za-z]))\s*\$|([A-Za-z]))"
+)
+# Where answers are stated: "Answer: X" (also **Answer:** X, Answer: $X$), "answer is (X)", \boxed{X}, an Answer line.
 _CHOICE_PATTERNS = (
-    re.compile(r"\b(?i:answer)\s*\**\s*:\s*\**\s*\$?\s*" + _LETTER, re.MULTILINE),
-    re.compile(r"\b(?i:answer)\s+is\s*:?\s*\**\s*\$?\s*" + _LETTER, re.MULTILINE),
-    re.compile(r"\\boxed\{\s*(?:" + _ENCLOSED_LETTER + r"|([A-Za-z]))\s*\}"),
+    re.compile(r"\b(?i:answer)\s*\**\s*:\s*\**\s*\$?\s*" + _I_THINK + _LETTER, re.MULTILINE),
+    re.compile(r"\b(?i:answer)\s+is\s*:?\s*\**\s*\$?\s*" + _I_THINK + _LETTER, re.MULTILINE),
+    re.compile(_BOXED_LETTER),
+    re.compile(r"^[ \t*]*" + _ANSWER_LINE + r"[ \t*]*\.?[ \t*]*$", re.MULTILINE),
 )
-# The strict final line (markdown * removed): "Answer: X", "Answer: (X)", "Answer: $X$" or one \boxed{X}.
-_FINAL_BOX = r"\$?\\boxed\{\s*(?:\\text\{\s*([A-Z])\s*\}|\(?([A-Z])\)?)\s*\}\$?"
-_FINAL_LINE = re.compile(
-    r"(?:(?i:final\s+)?(?i:answer)\s*:\s*)?" + _FINAL_BOX + r"\.?"
-    r"|(?:(?i:final\s+)?(?i:answer)\s*:\s*)(?:\(([A-Z])\)|\$([A-Z])\$|([A-Z]))\.?"
-)
+# The strict final line (markdown * removed): the Answer line above, or one \boxed{X} (with "Answer:", $...$, ".").
+_FINAL_BOX = re.compile(r"(?:(?i:final\s+)?(?i:answer)\s*:\s*)?\$?" + _BOXED_LETTER + r"\$?\.?")
+_FINAL_LINE = re.compile(_ANSWER_LINE + r"\.?")
 
 
 @dataclass(frozen=True)
@@ -129,22 +139,27 @@ def choice_gold(gold: str | int | float) -> str:
 
 def choice_answers(text: str) -> list[str]:
     """Every letter answer stated in a text (Answer: X, answer is (X), \\boxed{X}), upper-cased, in text order."""
-    found = []
+    found = {}  # letter position -> letter (a whole Answer line is also an "Answer: X" statement)
     for pattern in _CHOICE_PATTERNS:
         for m in pattern.finditer(text):
             i = next(i for i, g in enumerate(m.groups(), start=1) if g)
-            found.append((m.start(i), m.group(i).upper()))
-    return [letter for _, letter in sorted(found)]
+            found[m.start(i)] = m.group(i).upper()
+    return [found[i] for i in sorted(found)]
 
 
 def final_choice(region: str) -> str | None:
-    """The letter of the answer region's last line when it is the requested `Answer: X` (or one \\boxed{X})."""
+    """The upper-cased letter of the answer region's last line when it is the requested `Answer: X` (or one
+    \\boxed{X}); choice_answers reads the same letter from that line."""
     lines = region.strip().splitlines()
-    m = _FINAL_LINE.fullmatch(lines[-1].replace("*", "").strip()) if lines else None
-    boxed = m is not None and bool(m.group(1) or m.group(2))
-    if m is None or (boxed and len(boxed_contents(region)) != 1):
+    if not lines:
         return None
-    return next(g for g in m.groups() if g)
+    line = lines[-1].replace("*", "").strip()
+    m = _FINAL_LINE.fullmatch(line)
+    if m is None:
+        m = _FINAL_BOX.fullmatch(line)
+        if m is None or len(boxed_contents(region)) != 1:
+            return None
+    return next(g for g in m.groups() if g).upper()
 
 
 def grade(

@@ -128,12 +128,11 @@ def _adapter_problem(folder: Path, base: str | None) -> str | None:
             return f"{module}: lora_A {a} and lora_B {b} do not make a LoRA pair"
         if a[0] not in ranks:
             return f"{module}: LoRA rank {a[0]} in the weights, but adapter_config.json says r={sorted(ranks)}"
-        if base_shapes is not None:
-            weight = base_shapes.get(f"{module}.weight")
-            if weight is None:
-                return f"{module}: the base model has no such module"
-            if len(weight) == 2 and (b[0], a[1]) != weight:
-                return f"{module}: adapter shape {b[0]}x{a[1]} does not fit the base's {weight[0]}x{weight[1]}"
+        weight = (base_shapes or {}).get(f"{module}.weight")  # absent: e.g. a tied lm_head, saved once as embeddings
+        if weight is not None and len(weight) == 2:
+            fits = (a[1], b[0]) if cfg.get("fan_in_fan_out") else (b[0], a[1])  # Conv1D stores [in, out]
+            if fits != weight:
+                return f"{module}: adapter shape {fits[0]}x{fits[1]} does not fit the base's {weight[0]}x{weight[1]}"
     return None
 
 

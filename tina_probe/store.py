@@ -144,26 +144,37 @@ class Store:
         _fsync_dir(target.parent)
 
     def consolidate(self, table: str, key_cols: list[str] | None = None,
-                    sort_by: list[str] | None = None, newest_part_per: list[str] | None = None) -> pd.DataFrame:
+                    sort_by: list[str] | None = None, newest_per_key_prefix: bool = False) -> pd.DataFrame:
         """Concatenate the parts present (in key order), drop duplicate rows, write the table atomically.
 
         Duplicates are judged on `key_cols` when given (the last part wins), else on whole rows;
-        `newest_part_per` (columns) keeps, for each group of rows, only the rows of the part written last (so parts
-        of superseded work never pool with their replacement); `sort_by` orders the rows (stable) before writing."""
+        `newest_per_key_prefix`: of parts keyed '<prefix>-<rest>' only the one written last per prefix is read (its
+        replacements are moved away when written; this covers a crash between the write and the move); parts
+        without a prefix are all read. A part moved away meanwhile (another process) is left out.
+        `sort_by` orders the rows (stable) before writing."""
         folder = self._part_dir(table)
         keys = sorted(self.part_keys(table))
-        if newest_part_per:  # oldest first: the last part of a group is its newest
-            keys.sort(key=lambda k: ((folder / f"{k}.parquet").stat().st_mtime_ns, k))
-        frames = [pd.read_parquet(folder / f"{k}.parquet").assign(_part=i) for i, k in enumerate(keys)]
-        frames = [f for f in frames if len(f.columns) > 1]
+        if newest_per_key_prefix:
+            newest: dict[str, tuple[int, str]] = {}
+            for k in keys:
+                prefix, sep, _ = k.partition("-")
+                try:
+                    stamp = ((folder / f"{k}.parquet").stat().st_mtime_ns, k)
+                except FileNotFoundError:
+                    continue
+                slot = prefix if sep else k
+                newest[slot] = max(newest.get(slot, stamp), stamp)
+            keys = sorted(k for _, k in newest.values())
+        frames = []
+        for k in keys:
+            try:
+                frames.append(pd.read_parquet(folder / f"{k}.parquet"))
+            except FileNotFoundError:
+                continue
+        frames = [f for f in frames if len(f.columns)]
         if not frames:
             return pd.DataFrame()
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-        group = [c for c in newest_part_per or [] if c in df.columns]
-        if group:
-            newest = df.groupby(group, dropna=False, sort=False)["_part"].transform("max")
-            df = df[df["_part"] == newest]
-        df = df.drop(columns="_part")
         subset = [c for c in key_cols if c in df.columns] if key_cols else None
         df = df.drop_duplicates(subset=subset or None, keep="last")
         if sort_by:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from tina_probe.errors import TinaError
+from tina_probe.errors import CheckpointError, TinaError
 from tina_probe.generate.base import Completion, GenJob
 from tina_probe.generate.decode import BlockSampler, decode_rows, decodes_here
 from tina_probe.generate.lora_bank import (PlainLora, RowPlan, lora_bank, lora_compute_dtype, merged_lora,
@@ -23,6 +23,7 @@ from tina_probe.generate.lora_bank import (PlainLora, RowPlan, lora_bank, lora_c
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 ADAPTER_CACHE = 16  # adapters kept read in memory (LRU): a sweep's adapters of one stack and the next
+AUTO_MERGE_MAX_BYTES = 1 << 30  # merge=None: merge in place only while the restore copies stay under 1 GiB
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -69,7 +70,8 @@ class HFGenerator:
     exist only during generation; jobs with the same prompts and different adapters share one forward pass (rows of
     one block per adapter) within batch_size rows. A batch with a single adapter is merged into the base weights in
     place instead (merge=None, the default: only where the weights are float32, so that merging rounds no more than
-    the unmerged sum does; base speed) and the weights are restored bit-exactly after. merge=True merges every
+    the unmerged sum does, their restore copies stay under AUTO_MERGE_MAX_BYTES and no targeted weight is tied to
+    another; base speed) and the weights are restored bit-exactly after. merge=True merges every
     adapter, one at a time (no batching of checkpoints; in bf16 small updates round away); merge=False never merges.
     Adapters that are not plain LoRA (DoRA, LoRA biases, saved modules, ...) go through peft itself. Decoding is
     decode_rows (finished rows leave the batch) where it reproduces HF generate, else HF generate itself."""
@@ -84,7 +86,8 @@ class HFGenerator:
         self.model = None
         self.tokenizer = None
         self._loras: OrderedDict[tuple, PlainLora | None] = OrderedDict()  # (folder, mtime) -> read adapter
-        self._pristine: dict[str, torch.Tensor] = {}  # merge=True: original weights of merged modules
+        self._pristine: dict[str, torch.Tensor] = {}  # merged adapters: original weights of merged modules
+        self._shared: set[int] = set()
         self._merged_copy: tuple[str, torch.nn.Module] | None = None  # merge=True, peft adapters: merged copy
         self._encoded: OrderedDict[tuple[str, ...], dict] = OrderedDict()  # prompts -> tokenized batch
         self._rendered: dict[str, str] = {}
@@ -102,8 +105,10 @@ class HFGenerator:
                 base, dtype=self.dtype, use_safetensors=True, trust_remote_code=False
             )
         except (OSError, ValueError) as exc:
-            raise TinaError(f"{base}: cannot load model ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{base}: cannot load model ({str(exc).splitlines()[0]})") from None
         self.model = model.to(self.device).eval()
+        ptrs = Counter(p.data_ptr() for _, p in self.model.named_parameters(remove_duplicate=False))
+        self._shared = {ptr for ptr, n in ptrs.items() if n > 1}  # tied weights (lm_head = embed_tokens)
         tok_source = base if (_has_tokenizer(base) or not tokenizer) else str(tokenizer)
         try:
             tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
@@ -120,14 +125,14 @@ class HFGenerator:
         folder = Path(adapter)
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
-            raise TinaError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are read)")
+            raise CheckpointError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are read)")
         key = (str(folder.resolve()), weights.stat().st_mtime_ns)
         if key not in self._loras:
             try:
                 self._loras[key] = read_plain_lora(folder.resolve(), self.model,
                                                    lora_compute_dtype(self.model.dtype), self.device)
             except Exception as exc:  # safetensors' own error type, OSError, ...: one line naming the adapter
-                raise TinaError(f"{folder}: cannot read adapter ({str(exc).strip().splitlines()[0]})") from None
+                raise CheckpointError(f"{folder}: cannot read adapter ({str(exc).strip().splitlines()[0]})") from None
             while len(self._loras) > ADAPTER_CACHE:
                 self._loras.popitem(last=False)
         self._loras.move_to_end(key)
@@ -155,11 +160,21 @@ class HFGenerator:
             self.model = None  # peft may have wrapped modules before it failed: the base is read again
             self.load_base(base)
             self.tokenizer = tokenizer
-            raise TinaError(f"{key}: cannot load adapter ({str(exc).strip().splitlines()[0]})") from None
+            raise CheckpointError(f"{key}: cannot load adapter ({str(exc).strip().splitlines()[0]})") from None
         try:
             yield wrapped
         finally:
             self.model = wrapped.unload()  # the base's own modules back in place
+
+    def _mergeable(self, lora: PlainLora, *, forced: bool) -> bool:
+        """Whether `lora` may be merged in place: never into a weight shared with another parameter (a LoRA on the
+        tied lm_head would change the input embeddings too); unasked, only float32 weights whose restore copies
+        (kept while the base is loaded) stay within AUTO_MERGE_MAX_BYTES."""
+        weights = [self.model.get_submodule(name).weight for name in lora.weights]
+        if any(w.data_ptr() in self._shared for w in weights):
+            return False
+        size = sum(w.numel() * w.element_size() for w in weights)
+        return forced or (self.model.dtype == torch.float32 and size <= AUTO_MERGE_MAX_BYTES)
 
     @contextmanager
     def _applied(self, adapters: Sequence[Path | None]):
@@ -171,7 +186,7 @@ class HFGenerator:
         if len(adapters) == 1 and loras[0] is None:
             with self._peft_model(adapters[0]) as model:
                 yield model, None
-        elif self.merge or (self.merge is None and len(loras) == 1 and self.model.dtype == torch.float32):
+        elif len(loras) == 1 and self.merge is not False and self._mergeable(loras[0], forced=bool(self.merge)):
             # one adapter in float32: merged, W + s*B@A, equals the unmerged sum up to float rounding (as batching
             # does) and runs at base speed; unmerged, LoRA's four small extra ops per layer cost 10-20% of a step
             with merged_lora(self.model, loras[0], self._pristine) as model:
