@@ -165,7 +165,13 @@ def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):
     for var in benchmarks.OFFLINE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed local port: refused at once
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets must not be asked"))
+    asked, before = [], (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+
+    def cache_only(*a, **k):  # datasets with the hub unreachable: only its local cache, in offline mode
+        asked.append(datasets.config.HF_HUB_OFFLINE and constants.HF_HUB_OFFLINE)
+        raise FileNotFoundError("not cached")
+
+    monkeypatch.setattr(datasets, "load_dataset", cache_only)
     assert benchmarks.offline_var() is None and benchmarks.hub_unreachable()
     start = time.monotonic()
     with pytest.raises(TinaError) as err:
@@ -174,6 +180,12 @@ def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):
     msg = str(err.value)
     assert msg.startswith("gpqa-diamond: cannot load dataset 'Idavidrein/gpqa': the Hugging Face hub could not be")
     assert "offline" in msg and msg.endswith("--benchmarks gpqa-diamond=FILE.jsonl") and "\n" not in msg
+    assert asked == [True] and (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before  # restored
+    # a dataset in the local cache still loads while the hub is unreachable
+    row = {"Question": "Which?", "Correct Answer": "x", "Incorrect Answer 1": "y", "Incorrect Answer 2": "z",
+           "Incorrect Answer 3": "w", "Record ID": "r1"}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [row])
+    assert len(load_benchmark("gpqa-diamond").problems) == 1
 
 
 def test_offline_variables(monkeypatch):

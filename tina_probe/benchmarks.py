@@ -8,6 +8,7 @@ import os
 import random
 import re
 import string
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -259,23 +260,40 @@ def hub_unreachable() -> str | None:
     return None
 
 
+@contextmanager
+def _hub_offline():
+    """datasets and huggingface_hub in offline mode for a while (they read these flags at call time): a cached
+    dataset then loads without the network, or fails at once instead of retrying."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
 def _dataset_rows(spec: BenchmarkSpec) -> list[tuple[str, dict]]:
     """Rows of a `datasets` id; offline, unreachable or unknown -> one TinaError telling to pass a local file.
 
     Offline (an OFFLINE_VARS variable set) datasets reads its cache; online the hub is checked once first, since
-    datasets would retry a dead network for ~25 s before failing."""
+    datasets would retry a dead network for ~25 s before failing; unreachable, the local cache is still tried."""
+    import datasets
+
     way_out = f"pass a local file instead: --benchmarks {spec.name}=FILE.jsonl"
     offline = offline_var()
     down = None if offline else hub_unreachable()
-    if down:
-        raise TinaError(f"{spec.name}: cannot load dataset {spec.dataset!r}: the Hugging Face hub could not be "
-                        f"reached ({down}; offline or no hub access); {way_out}")
-    import datasets
-
     try:
-        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
+        with _hub_offline() if down else nullcontext():
+            ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
     except Exception as exc:  # ConnectionError offline, DatasetNotFoundError, gated access, ...
-        why = f"offline ({offline} is set) and not in the local datasets cache" if offline else type(exc).__name__
+        if down:
+            why = f"the Hugging Face hub could not be reached ({down}; offline or no hub access) and it is not " \
+                  "in the local datasets cache"
+        else:
+            why = f"offline ({offline} is set) and not in the local datasets cache" if offline else type(exc).__name__
         raise TinaError(f"{spec.name}: cannot load dataset {spec.dataset!r}: {why}; {way_out}") from None
     return [(f"{spec.dataset}[{spec.split}] row {i}", dict(r)) for i, r in enumerate(ds)]
 
