@@ -23,7 +23,7 @@ from analysis.kl import TokenMean, masked_sums, perplexity, token_kl, token_mean
 from analysis.retention_probes import Probe, read_prompts, resolve_probes
 from tina_probe.errors import TinaError
 from tina_probe.generate.hf import adapter_name, batch_seed, split_completion
-from tina_probe.runs import Checkpoint, discover_runs
+from tina_probe.runs import Checkpoint, discover_runs, weights_identity
 from tina_probe.store import Store, stable_key
 
 log = logging.getLogger(__name__)
@@ -399,8 +399,10 @@ def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings:
 
 
 def _unit_key(ck: Checkpoint, probe: Probe, limit: int | None, settings: RetentionSettings) -> str:
-    """Resume key of one (checkpoint path, probe) unit."""
-    return f"{probe.name}-{stable_key('retention', str(ck.path), ck.kind, probe.key, limit, asdict(settings))}"
+    """Resume key of one (checkpoint path, probe) unit; the checkpoint's files (and an adapter's base's) are part of
+    it, so a checkpoint saved again under the same path is probed again."""
+    files = weights_identity(ck.path), weights_identity(ck.base) if ck.kind == "lora" else None
+    return f"{probe.name}-{stable_key('retention', str(ck.path), ck.kind, probe.key, limit, asdict(settings), files)}"
 
 
 def _rows(cks: list[Checkpoint], probe: str, values: list[MetricValue]) -> pd.DataFrame:
@@ -463,6 +465,7 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
                     for probe in checked:
                         key = _unit_key(ck, probe, limit, settings)
                         if _resumed(store, key, cks, probe.name):
+                            store.touch_part(TABLE, key)  # asked for now: its rows win over other settings'
                             bar.update(1)
                         else:
                             todo.append((probe, key))
@@ -481,5 +484,6 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
                         store.write_part(TABLE, key, _rows(cks, probe.name, values))
                         bar.update(1)
         models.close()
-    df = store.consolidate(TABLE, key_cols=KEY_COLS)
+    # the parts asked for last win: another --limit or settings replaces the rows of the same checkpoint and probe
+    df = store.consolidate(TABLE, key_cols=KEY_COLS, newest_last=True)
     return df if not df.empty else pd.DataFrame(columns=COLUMNS)

@@ -436,3 +436,27 @@ def test_plot_learning_forgetting_writes_pngs_and_skips_missing_tables(tmp_path)
     assert plot_learning_forgetting(passk, pd.DataFrame(), tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
 
+
+
+def test_other_settings_replace_the_rows_and_going_back_computes_nothing(retention, runs_root, tmp_path, monkeypatch):
+    """Another --limit into the same store: the table shows the rows asked for last (not whichever part sorts
+    last); asking for the first limit again reuses its parts without computing and shows them again."""
+    import analysis.retention as retention_mod
+
+    df, out = retention
+    results = tmp_path / "results"
+    shutil.copytree(out, results)
+    runs = [str(runs_root / "lab-lora"), str(runs_root / "lab-full")]
+    key = ["run", "step", "probe", "metric"]
+    small = run_retention(runs, probes=["lab_facts_mc"], out=results, limit=2, settings=SETTINGS)
+    fresh = run_retention(runs, probes=["lab_facts_mc"], out=tmp_path / "fresh", limit=2, settings=SETTINGS)
+    mc = small[small.probe == "lab_facts_mc"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(mc, fresh.sort_values(key).reset_index(drop=True))
+
+    def no_work(*a, **k):
+        raise AssertionError("a finished unit was computed again")
+
+    monkeypatch.setattr(retention_mod, "run_probe", no_work)
+    back = run_retention(runs, probes=None, out=results, limit=N_FACTS, settings=SETTINGS)
+    pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
+                                  df.sort_values(key).reset_index(drop=True))

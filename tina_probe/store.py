@@ -143,9 +143,14 @@ class Store:
         os.utime(target)
         _fsync_dir(target.parent)
 
-    def consolidate(self, table: str, key_cols: list[str] | None = None,
-                    sort_by: list[str] | None = None, newest_per_key_prefix: bool = False) -> pd.DataFrame:
-        """Concatenate the parts present (in key order), drop duplicate rows, write the table atomically.
+    def touch_part(self, table: str, key: str) -> None:
+        """Mark a part as just written (its mtime): with newest_last it then wins over older parts' duplicates."""
+        os.utime(self.part_path(table, key))
+
+    def consolidate(self, table: str, key_cols: list[str] | None = None, sort_by: list[str] | None = None,
+                    newest_per_key_prefix: bool = False, newest_last: bool = False) -> pd.DataFrame:
+        """Concatenate the parts present (in key order; newest_last: in the order they were written), drop
+        duplicate rows, write the table atomically.
 
         Duplicates are judged on `key_cols` when given (the last part wins), else on whole rows;
         `newest_per_key_prefix`: of parts keyed '<prefix>-<rest>' only the one written last per prefix is read (its
@@ -165,6 +170,14 @@ class Store:
                 slot = prefix if sep else k
                 newest[slot] = max(newest.get(slot, stamp), stamp)
             keys = sorted(k for _, k in newest.values())
+        if newest_last:
+            stamps = {}
+            for k in keys:
+                try:
+                    stamps[k] = (folder / f"{k}.parquet").stat().st_mtime_ns
+                except FileNotFoundError:
+                    continue
+            keys = sorted(stamps, key=lambda k: (stamps[k], k))
         frames = []
         for k in keys:
             try:
