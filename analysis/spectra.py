@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from analysis import spectra_math as sm
 from tina_probe.errors import TinaError
-from tina_probe.store import Store, atomic_write_bytes
+from tina_probe.runs import weights_identity
+from tina_probe.store import Store, atomic_write_bytes, stable_key
 
 log = logging.getLogger(__name__)
 
@@ -473,9 +474,13 @@ def _paired_rank(runs) -> int:
     return min(ranks) if ranks else DEFAULT_PAIR_RANK
 
 
-def _part_key(ckpt) -> str:
-    """The resume key of one checkpoint."""
-    return f"{ckpt.run}@{int(ckpt.step)}"
+def _part_key(ckpt, prev, settings: tuple) -> str:
+    """The resume key of one checkpoint: run@step, then a hash of what its rows depend on: its files (and an
+    adapter's base's), the previous checkpoint's files (subspace_sim_prev) and the analysis settings; a checkpoint
+    saved again, or another --top, is analysed again (and its new part outranks the old one: newest_last)."""
+    files = (weights_identity(ckpt.path), weights_identity(ckpt.base) if ckpt.kind == "lora" else None,
+             None if prev is None else (str(prev.path), weights_identity(prev.path)))
+    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', str(ckpt.path), files, *settings)}"
 
 
 def _subspace_file(cache_dir: Path, ckpt) -> Path:
@@ -527,9 +532,12 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
     with tqdm(total=total, desc="spectra", unit="ckpt") as bar:
         for run, ckpts in todo:
             prev, prev_ckpt = None, None
-            for ck in sorted(ckpts, key=lambda c: int(c.step)):
+            ordered = sorted(ckpts, key=lambda c: int(c.step))
+            for before, ck in zip([None, *ordered], ordered):
                 bar.update(1)
-                if store.has_part(TABLE, _part_key(ck)):
+                key = _part_key(ck, before, (top, method, intruders, pair_rank))
+                if store.has_part(TABLE, key):
+                    store.touch_part(TABLE, key)  # asked for now: its rows win over an older part of this step
                     prev, prev_ckpt = None, ck
                     continue
                 try:
@@ -545,9 +553,9 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
                 _save_subspaces(cache_dir, ck, result.subspaces)
                 if prev_ckpt is not None:  # only the latest bases of a run are needed to resume
                     _subspace_file(cache_dir, prev_ckpt).unlink(missing_ok=True)
-                store.write_part(TABLE, _part_key(ck), frame)
+                store.write_part(TABLE, key, frame)
                 prev, prev_ckpt = result.subspaces, ck
-    df = store.consolidate(TABLE, key_cols=["run", "step", "layer", "module", "module_path"])
+    df = store.consolidate(TABLE, key_cols=["run", "step", "layer", "module", "module_path"], newest_last=True)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
     return df

@@ -379,7 +379,8 @@ def test_run_spectra_resumes_per_checkpoint(series, tmp_path, monkeypatch):
     assert called == []  # finished ones are skipped; the broken ones (2, 3) never get past discovery
     monkeypatch.setattr(sp, "checkpoint_spectra", real)
     from tina_probe.store import Store
-    Store(out).part_path("spectra", "lab-lora@6").unlink()
+    (part,) = Store(out).part_path("spectra", "x").parent.glob("lab-lora_6.*.parquet")  # safe_key writes @ as _
+    part.unlink()
     for f in (out / ".cache" / "spectra").glob("subspaces-*.npz"):
         f.unlink()  # the previous checkpoint's bases must then be recomputed
     resumed = sp.run_spectra(paths, out, intruders=False)
@@ -446,3 +447,33 @@ def test_plot_spectra_writes_pngs(series, tmp_path):
             "spectra_trend_effective_rank.png"} <= names
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_a_checkpoint_saved_again_is_analysed_again_with_its_successor(series, tmp_path, monkeypatch):
+    """A re-saved checkpoint gets new spectra, and so does the next one (its subspace_sim_prev compares with it);
+    the table shows the new rows only; another --top is a new analysis too."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(series / "runs" / "lab-lora", runs / "lab-lora")
+    out, paths = tmp_path / "results", [str(runs / "lab-lora")]
+    first = sp.run_spectra(paths, out, intruders=False)
+    assert sorted(first["step"].unique()) == [1, 6]
+    real, called = sp.checkpoint_spectra, []
+
+    def spy(ck, **kw):
+        called.append(ck.step)
+        return real(ck, **kw)
+
+    monkeypatch.setattr(sp, "checkpoint_spectra", spy)
+    weights = runs / "lab-lora" / "checkpoint-1" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    again = sp.run_spectra(paths, out, intruders=False)
+    assert called == [1, 6]
+    cols = ["run", "step", "layer", "module", "module_path"]
+    assert not again.duplicated(cols).any()  # the old rows of the re-saved checkpoint are not pooled in
+    pd.testing.assert_frame_equal(again.sort_values(cols).reset_index(drop=True),  # same bytes saved again: same
+                                  first.sort_values(cols).reset_index(drop=True), rtol=1e-3)  # values, to rounding
+    called.clear()
+    sp.run_spectra(paths, out, intruders=False, top=8)
+    assert called == [1, 6]
