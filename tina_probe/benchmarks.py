@@ -321,6 +321,15 @@ def is_choice_letter(gold) -> bool:
     return bool(re.fullmatch(r"\(?[A-J]\)?", answer_text(gold).strip()))
 
 
+def golds_are_choices(spec: BenchmarkSpec | None, golds) -> bool:
+    """Whether a benchmark's golds are graded as letters, by the one rule `eval` and `grade` share: a registered
+    extraction decides (a choice kind or not); with `auto` or no registry entry, every gold one letter A-J."""
+    if spec is not None and spec.extract != "auto":
+        return spec.extract in CHOICE_EXTRACTIONS
+    golds = list(golds)
+    return bool(golds) and all(is_choice_letter(g) for g in golds)
+
+
 def is_choice(spec: BenchmarkSpec, rows: list[tuple[str, dict]]) -> bool:
     """Whether every row's gold is a choice letter (a choice extraction), so the benchmark grades letters."""
     kinds = {row_extraction(spec, row, _pick(row, spec.answer, where, "answer")[1]) for where, row in rows}
@@ -383,9 +392,9 @@ def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
     if len(set(ids)) != len(ids):
         dupe = next(i for i in ids if ids.count(i) > 1)
         raise TinaError(f"{source}: problem id {dupe!r} appears twice")
-    letters = spec.extract == "auto" and bool(problems) and all(is_choice_letter(p.answer) for p in problems)
+    choice = is_choice(spec, rows) or golds_are_choices(spec, (p.answer for p in problems))
     return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
-                     spec=spec, choice=is_choice(spec, rows) or letters)
+                     spec=spec, choice=choice)
 
 
 def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:

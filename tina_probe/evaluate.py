@@ -254,11 +254,18 @@ class _GroupParts:
         self.store = store
         self.parts: dict[str, set[str]] = {}
         for key in store.part_keys("samples"):
-            prefix, sep, _ = key.partition("-")
-            if not sep:  # a part of `tina-probe grade` (pooled), or an eval part from before group keys existed
-                prefix = self._legacy_group(key)
+            # no prefix: a part of `tina-probe grade` (pooled), or an eval part from before group keys existed
+            prefix = Store.key_prefix(key) or self._legacy_group(key)
             if prefix:
                 self.parts.setdefault(prefix, set()).add(key)
+
+    @classmethod
+    def current(cls, store: Store, units: Sequence[Unit]) -> "_GroupParts":
+        """The store's parts with every unit asked for brought back from SUPERSEDED first."""
+        parts = cls(store)
+        for u in units:
+            parts.bring_back(u)
+        return parts
 
     def _legacy_group(self, key: str) -> str | None:
         """The group of an eval part written before keys had group prefixes (one unit: its first row says which);
@@ -277,12 +284,12 @@ class _GroupParts:
         """Move u's part back from SUPERSEDED when it is there and not among the current parts."""
         if not self.store.has_part("samples", u.key) and self.store.has_part(SUPERSEDED, u.key):
             self.store.move_part(SUPERSEDED, "samples", u.key)
-            self.parts.setdefault(u.key.partition("-")[0], set()).add(u.key)
+            self.parts.setdefault(Store.key_prefix(u.key), set()).add(u.key)
 
     def make_current(self, u: Unit, *, done: bool = True) -> None:
         """Shelve every other part of u's group (u's own part exists: it was written or brought back first); done=False
         (u could not be generated): every part of its group, so no stale result stands in for it."""
-        prefix = u.key.partition("-")[0]
+        prefix = Store.key_prefix(u.key)
         keep = {u.key} if done else set()
         for key in self.parts.get(prefix, set()) - keep:
             if self.store.has_part("samples", key):
@@ -333,10 +340,7 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
     """Run every unit not done yet; each model is loaded once, and only when it has work. Returns units run.
     Each unit asked for becomes its row group's current part (results of other settings under the same run, step,
     benchmark and sampling label are shelved, not pooled)."""
-    if parts is None:
-        parts = _GroupParts(store)
-        for u in units:
-            parts.bring_back(u)
+    parts = parts or _GroupParts.current(store, units)
     todo = {u.key for u in units if _todo(store, u)}
     bar = tqdm(total=len(todo), desc="eval units", unit="unit", disable=not todo)
     finished: set[str] = set()
@@ -374,8 +378,8 @@ def sweep(store: Store, gen: Generator | None, units: Sequence[Unit], s: Samplin
 def _generate_wave(gen: Generator, wave: Sequence[Unit], s: SamplingSettings, batch_size: int,
                    backend: str) -> list[tuple[Unit, pd.DataFrame]]:
     """generate_units for a wave; when a checkpoint cannot be used (the generator's CheckpointError: a broken file
-    that discovery could not see), each unit alone, and one that still fails on its own is skipped with one warning while
-    the rest goes on. The base failing, or any other error, stops the sweep (finished units are stored already)."""
+    that discovery could not see), each unit alone, and one that still fails on its own is skipped with one warning
+    while the rest goes on. The base failing, or any other error, stops the sweep (finished units are stored)."""
     try:
         return list(generate_units(gen, wave, s, batch_size, backend))
     except CheckpointError as exc:
@@ -480,9 +484,7 @@ def run_eval(
     benches = _benchmarks_for(runs, benchmarks, limit)
     units = shard_units(plan_units(runs, benches, settings, backend), shard)
     store = Store(out)
-    parts = _GroupParts(store)
-    for u in units:
-        parts.bring_back(u)  # before deciding whether a generator is needed: shelved results need none
+    parts = _GroupParts.current(store, units)  # before deciding on a generator: shelved results need none
     gen = generator
     if gen is None and any(_todo(store, u) for u in units):
         gen = make_generator(backend, batch_size=batch_size, merge=merge)  # merge: hf only (None: auto)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tina_probe.benchmarks import CHOICE_EXTRACTIONS, answer_text, is_choice_letter, read_rows, registry
+from tina_probe.benchmarks import answer_text, golds_are_choices, read_rows, registry
 from tina_probe.errors import TinaError
 from tina_probe.evaluate import graded_fields, summarize
 from tina_probe.store import Store, stable_key
@@ -132,16 +132,8 @@ def choice_benchmarks(df: pd.DataFrame) -> set[str]:
     """Benchmarks whose golds are choice letters: a registry entry read with a choice extraction, else (an unknown
     name) every gold a single letter A-J, so that GPQA / MMLU dumps are graded by their `Answer: X` lines."""
     specs = registry()
-    out = set()
-    for name, golds in df.groupby("benchmark")["answer"]:
-        spec = specs.get(str(name))
-        if spec is not None and spec.extract != "auto":
-            letters = spec.extract in CHOICE_EXTRACTIONS
-        else:
-            letters = golds.map(is_choice_letter).all()
-        if letters:
-            out.add(str(name))
-    return out
+    return {str(name) for name, golds in df.groupby("benchmark")["answer"]
+            if golds_are_choices(specs.get(str(name)), golds)}
 
 
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -108,13 +108,13 @@ def _adapter_problem(folder: Path, base: str | None) -> str | None:
     agree with the config's rank (else peft would load it with another scale) and with the base's module shapes (else
     loading fails mid-sweep). Only safetensors headers are read."""
     try:
+        shapes = _tensor_shapes([folder / "adapter_model.safetensors"])
+    except Exception as exc:  # missing or truncated: safetensors raises its own error type for every parse failure
+        return f"adapter_model.safetensors: {exc}"
+    try:
         cfg = _read_json(folder / "adapter_config.json")
     except TinaError as exc:
         return f"adapter_config.json: {str(exc).split(': ', 1)[-1]}"
-    try:
-        shapes = _tensor_shapes([folder / "adapter_model.safetensors"])
-    except Exception as exc:  # safetensors raises its own error type for every parse failure
-        return f"adapter_model.safetensors: {exc}"
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         m = _LORA_TENSOR.match(key)
@@ -142,7 +142,7 @@ def _weights_problem(folder: Path, kind: str, base: str | None = None) -> str | 
     if kind == "lora":
         if not (folder / "adapter_config.json").is_file():
             return "adapter_config.json missing"
-        return _safetensors_ok(folder / "adapter_model.safetensors") or _adapter_problem(folder, base)
+        return _adapter_problem(folder, base)  # reads the safetensors header once: a truncated file fails there
     if not (folder / "config.json").is_file():
         return "config.json missing"
     try:

@@ -143,6 +143,22 @@ class Store:
         os.utime(target)
         _fsync_dir(target.parent)
 
+    @staticmethod
+    def key_prefix(key: str) -> str | None:
+        """The group of a part keyed '<prefix>-<rest>' (newest_per_key_prefix keeps one part per group), else None."""
+        prefix, sep, _ = key.partition("-")
+        return prefix if sep else None
+
+    def _mtimes(self, table: str, keys) -> dict[str, int]:
+        """Write times (ns) of the parts still present among `keys` (another process may move parts meanwhile)."""
+        folder, stamps = self._part_dir(table), {}
+        for k in keys:
+            try:
+                stamps[k] = (folder / f"{k}.parquet").stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+        return stamps
+
     def touch_part(self, table: str, key: str) -> None:
         """Mark a part as just written (its mtime): with newest_last it then wins over older parts' duplicates."""
         os.utime(self.part_path(table, key))
@@ -159,25 +175,12 @@ class Store:
         `sort_by` orders the rows (stable) before writing."""
         folder = self._part_dir(table)
         keys = sorted(self.part_keys(table))
-        if newest_per_key_prefix:
-            newest: dict[str, tuple[int, str]] = {}
-            for k in keys:
-                prefix, sep, _ = k.partition("-")
-                try:
-                    stamp = ((folder / f"{k}.parquet").stat().st_mtime_ns, k)
-                except FileNotFoundError:
-                    continue
-                slot = prefix if sep else k
-                newest[slot] = max(newest.get(slot, stamp), stamp)
-            keys = sorted(k for _, k in newest.values())
-        if newest_last:
-            stamps = {}
-            for k in keys:
-                try:
-                    stamps[k] = (folder / f"{k}.parquet").stat().st_mtime_ns
-                except FileNotFoundError:
-                    continue
-            keys = sorted(stamps, key=lambda k: (stamps[k], k))
+        if newest_per_key_prefix or newest_last:
+            stamps = self._mtimes(table, keys)
+            keys = sorted(stamps, key=lambda k: (stamps[k], k))  # oldest first
+            if newest_per_key_prefix:  # the last of each group is its newest
+                newest = {self.key_prefix(k) or k: k for k in keys}
+                keys = sorted(newest.values(), key=lambda k: (stamps[k], k) if newest_last else k)
         frames = []
         for k in keys:
             try:
