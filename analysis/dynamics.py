@@ -1,0 +1,91 @@
+"""`tina-probe dynamics`: series dynamics from the store's samples and passk tables.
+
+Writes four tables (per run, benchmark, sampling and grading where they apply):
+- `problem_dynamics`: each problem across the series, labelled learned / forgotten / kept_solved / never_solved /
+  unstable (analysis/problem_dynamics.py);
+- `crossover`: the smallest k at which the base's pass@k reaches each checkpoint's (analysis/crossover.py);
+- `maj`: maj@k for every k <= n, exact over k-subsets (tina_probe/majority.py);
+- `selection`: the best checkpoint chosen on a held-out benchmark and scored on the test one
+  (analysis/selection.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from analysis.crossover import CROSSOVER_COLUMNS, crossover_table
+from analysis.problem_dynamics import PROBLEM_COLUMNS, problem_dynamics_table
+from analysis.selection import parse_pairs, selection_table
+from tina_probe.errors import TinaError
+from tina_probe.majority import MAJ_COLUMNS, maj_table
+from tina_probe.passk import CORRECT_COLS, passk_table
+from tina_probe.store import Store
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ["run", "step", "kind", "benchmark", "sampling", "problem_id", "sample_idx", "extracted_answer",
+                  "correct_strict", "correct_lenient", "well_formatted", "think_closed", "boxed", "truncated"]
+NEEDED = ["run", "step", "benchmark", "problem_id", "correct_strict", "correct_lenient"]
+N_BOOT = 1000
+
+
+def read_samples(store: Store) -> pd.DataFrame:
+    """The samples table without its completions (the statistics need only grades and extracted answers)."""
+    path = store.table_path("samples")
+    if not path.is_file():
+        raise TinaError(f"{path}: no samples table (run `tina-probe eval --ckpts runs/*`)")
+    try:
+        have = set(pq.read_schema(path).names)
+        df = pd.read_parquet(path, columns=[c for c in SAMPLE_COLUMNS if c in have])
+    except Exception as exc:  # pyarrow raises several types for a torn or foreign file
+        raise TinaError(f"{path}: unreadable parquet ({type(exc).__name__})") from None
+    missing = [c for c in NEEDED if c not in df.columns]
+    if missing:
+        raise TinaError(f"{path}: missing columns {missing}")
+    if df.empty:
+        raise TinaError(f"{path}: no rows (run `tina-probe eval --ckpts runs/*`)")
+    if "sampling" not in df.columns:
+        df["sampling"] = ""
+    if "kind" not in df.columns:
+        df["kind"] = None
+    return df.assign(sampling=df["sampling"].fillna(""))
+
+
+def dynamics_tables(samples: pd.DataFrame, passk: pd.DataFrame, *, select_on: list[str] | None = None,
+                    n_boot: int = N_BOOT, seed: int = 0, show: bool = True) -> dict[str, pd.DataFrame]:
+    """All four tables from a samples table (and passk for the selection; rebuilt from samples when empty)."""
+    pairs = parse_pairs(select_on)
+    parts: dict[str, list[pd.DataFrame]] = {"problem_dynamics": [], "crossover": [], "maj": []}
+    runs = sorted(samples["run"].unique())
+    for run in tqdm(runs, desc="dynamics", unit="run", disable=not show or None):
+        frame = samples[samples["run"] == run]
+        parts["problem_dynamics"].append(problem_dynamics_table(frame, CORRECT_COLS))
+        parts["crossover"].append(crossover_table(frame, CORRECT_COLS, n_boot=n_boot, seed=seed))
+        parts["maj"].append(maj_table(frame, n_boot=n_boot, seed=seed))
+    columns = {"problem_dynamics": PROBLEM_COLUMNS, "crossover": CROSSOVER_COLUMNS, "maj": MAJ_COLUMNS}
+    tables = {name: (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns[name]))
+              for name, frames in parts.items()}
+    if passk.empty:
+        passk = passk_table(samples, group_cols=["run", "step", "kind", "benchmark", "sampling"], n_boot=200,
+                            seed=seed)
+    tables["selection"] = selection_table(passk, pairs)
+    if tables["selection"].empty:
+        log.warning("no held-out benchmark beside a test benchmark (e.g. lab-probe beside lab-test, or "
+                    "--select-on HELD=TEST): the selection table is empty")
+    return tables
+
+
+def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int = N_BOOT,
+                 seed: int = 0) -> dict[str, pd.DataFrame]:
+    """`tina-probe dynamics`: read the store at `out`, write problem_dynamics, crossover, maj and selection."""
+    store = Store(out)
+    samples = read_samples(store)
+    tables = dynamics_tables(samples, store.read("passk"), select_on=select_on, n_boot=n_boot, seed=seed)
+    for name, df in tables.items():
+        store.write(name, df.reset_index(drop=True))
+    return tables
