@@ -75,8 +75,12 @@ def main() -> None:
     if st.sidebar.button("Reload tables", key="reload", help="tables reload by themselves when their files change"):
         tables.clear_caches()
     ui.set_context(ui.Context(root=args.out, store=store, benchmark=benchmark, sampling=sampling))
-    pages = [st.Page(PAGES_DIR / f, title=t, url_path=u, icon=i, default=(u == "runs")) for f, t, u, i in PAGES]
-    page = st.navigation(pages, position="sidebar")
+    pages = [st.Page(PAGES_DIR / f, title=t, url_path=u, icon=i) for f, t, u, i in PAGES]
+    # Streamlit serves its default page at "/" only, so a default Runs page would make "/runs" "Page not found":
+    # the root is a hidden page that forwards to Runs, and every page keeps its own name in the URL.
+    root = st.Page(lambda: st.switch_page(pages[0], query_params=dict(st.query_params)), title=PAGES[0][1],
+                   url_path="home", default=True, visibility="hidden")
+    page = st.navigation([root, *pages], position="sidebar")
     try:
         page.run()
     except Exception as exc:  # a page bug must show as a message, not a traceback

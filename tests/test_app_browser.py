@@ -31,7 +31,7 @@ APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,1000"]
-PAGES = [("", "Runs"), ("phases", "Phase transitions"), ("passk", "pass@k"), ("spectra", "Spectra"),
+PAGES = [("", "Runs"), ("runs", "Runs"), ("phases", "Phase transitions"), ("passk", "pass@k"), ("spectra", "Spectra"),
          ("retention", "Retention"), ("hypothesis", "Hypothesis")]
 # The page is drawn when its title is up, every image has loaded, no skeleton is left and the script is idle.
 DRAWN_JS = """

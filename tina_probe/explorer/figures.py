@@ -160,12 +160,18 @@ def singular_values(curves: pd.DataFrame, title: str, normalized: bool) -> Figur
 
 
 def intruders(curves: pd.DataFrame, title: str) -> Figure:
-    """Mean intruder dimensions per module vs eps, a line per run colored by kind."""
+    """Mean intruder dimensions per module vs eps, a line per run: each run its own shade of its kind's hue
+    (LoRA blues, full-FT reds) and its own marker, so that runs of one kind can be told apart."""
     fig, axes = _new(7, 3.8)
     ax = axes[0, 0]
-    for run, g in curves.groupby("run", sort=True):
-        kind = str(g["kind"].iloc[0])
-        ax.plot(g["eps"], g["intruders"], marker="o", color=KIND_COLORS.get(kind, "#455a64"),
+    kinds = {str(run): str(g["kind"].iloc[0]) for run, g in curves.groupby("run", sort=True)}
+    seen: dict[str, int] = {}
+    markers = "osD^vP*X"
+    for j, (run, g) in enumerate(curves.groupby("run", sort=True)):
+        kind = kinds[str(run)]
+        color = _run_color(kinds, str(run), seen.get(kind, 0))
+        seen[kind] = seen.get(kind, 0) + 1
+        ax.plot(g["eps"], g["intruders"], marker=markers[j % len(markers)], color=color,
                 ls="-" if kind == "lora" else "--", label=f"{run} ({kind}, step {int(g['step'].iloc[0])})")
     ax.set_xlabel("eps (cosine threshold)")
     ax.set_ylabel("intruder dimensions per module")

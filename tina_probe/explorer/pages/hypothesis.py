@@ -124,6 +124,24 @@ def report_section(ctx: ui.Context) -> None:
             st.image(data, caption=a or b)
 
 
+OVERALL = "format_adaptation"
+
+
+def overall_verdicts(df: pd.DataFrame) -> None:
+    """The headline: one overall verdict per run (the `format_adaptation` claim), not a count of sub-claim rows."""
+    overall = df[df["claim"] == OVERALL]
+    if overall.empty:
+        st.info("No overall verdict (`format_adaptation`) in the hypothesis table: rerun `tina-probe hypothesis`.")
+        return
+    per_row = 4
+    records = overall.sort_values("run").to_dict("records")
+    for start in range(0, len(records), per_row):
+        cols = st.columns(per_row)
+        for col, row in zip(cols, records[start:start + per_row]):
+            col.metric(str(row["run"]), str(row["verdict"]), border=True,
+                       help=f"overall verdict ({OVERALL}); the sub-claims are in the table below")
+
+
 def main() -> None:
     """Draw the page."""
     st.title("Hypothesis")
@@ -131,10 +149,8 @@ def main() -> None:
     hyp = ui.load("hypothesis", scoped=False)
     if ui.need(hyp, what="the verdict table"):
         df = hyp.df[[c for c in COLUMNS if c in hyp.df.columns]]
-        counts = df["verdict"].value_counts()
-        cols = st.columns(3)
-        for col, verdict in zip(cols, figures.VERDICT_COLORS):
-            col.metric(verdict, int(counts.get(verdict, 0)))
+        overall_verdicts(df)
+        st.caption("The sub-claims behind each overall verdict:")
         numbers = [c for c in ("value", "ci_low", "ci_high", "p_value") if c in df.columns]
         styled = df.style.map(verdict_style, subset=["verdict"]).format(precision=3, na_rep="–", subset=numbers)
         ui.show_table(df, "hypothesis", styled=styled)
