@@ -43,7 +43,9 @@ METHODS = ("pelt", "binseg")
 PRIMARY_METHOD = "pelt"  # the method whose rows phase_summary and the hypothesis tests read
 
 TRAIN_METRICS = ("format_reward", "accuracy_reward", "reward", "completion_length", "clipped_ratio", "kl",
-                 "entropy", "loss")
+                 "entropy", "frac_reward_zero_std", "clip_ratio", "loss")
+# training dynamics read beside the format transition (phase_summary: each one's largest change and its lag)
+DYNAMICS_METRICS = ("entropy", "completion_length", "clipped_ratio", "kl", "frac_reward_zero_std")
 EVAL_METRICS = ("pass1_strict", "pass1_lenient", "format_rate")
 FORMAT_METRICS = (("eval", "format_rate"), ("train", "format_reward"))  # preference order of the format curve
 
@@ -493,12 +495,26 @@ def best_vs_transition(passk: pd.DataFrame, phases: pd.DataFrame, run: str,
     return out
 
 
+def dynamics_changes(phases: pd.DataFrame, run: str, transition_step: float) -> dict:
+    """Per training-dynamics metric (entropy, completion length, ...): the step and size of its largest change
+    (a staircase of same-sign steps taken whole) and that step minus the format transition's (< 0: before it);
+    nan where the curve has no change point or the log lacks the metric."""
+    out = {}
+    for metric in DYNAMICS_METRICS:
+        change = main_change(phases, run, metric, source="train")
+        step = change["change_step"] if change else np.nan
+        out |= {f"{metric}_change_step": step, f"{metric}_change_size": change["size"] if change else np.nan,
+                f"{metric}_minus_format_steps": step - transition_step}
+    return out
+
+
 def phase_summary(passk: pd.DataFrame, phases: pd.DataFrame, status: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
-    """One row per run: best checkpoint vs format transition, and which curves changed, stayed flat or were
-    too short (PRIMARY_METHOD)."""
+    """One row per run: best checkpoint vs format transition, the training dynamics' largest changes beside it,
+    and which curves changed, stayed flat or were too short (PRIMARY_METHOD)."""
     rows = []
     for run in runs:
         row = best_vs_transition(passk, phases, run)
+        row |= dynamics_changes(phases, run, row["transition_step"])
         st = status[(status["run"] == run) & (status["method"] == PRIMARY_METHOD)] if not status.empty else status
         for label, code in (("metrics_changed", "changes"), ("metrics_unchanged", "no change"),
                             ("metrics_too_short", "too short")):

@@ -201,6 +201,19 @@ def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
     raise typer.Exit(subprocess.call(cmd))
 
 
+@app.command()
+@user_errors
+def dynamics(out: Path = OUT,
+             select_on: Optional[List[str]] = typer.Option(None, "--select-on", help="HELD_OUT[=TEST]: pick the "
+                                                           "best checkpoint on HELD_OUT, score it on TEST (default: "
+                                                           "*-probe* -> *-test*)")):
+    """Series dynamics: per-problem labels, pass@k crossover, maj@k, held-out selection -> four tables."""
+    from analysis.dynamics import run_dynamics
+
+    tables = run_dynamics(out, select_on=_split(select_on))
+    typer.echo("dynamics: " + ", ".join(f"{name} ({len(df)} rows)" for name, df in tables.items()) + f" in {out}")
+
+
 @lab_app.callback()
 @user_errors
 def lab(ctx: typer.Context,

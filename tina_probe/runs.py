@@ -362,10 +362,13 @@ def discover_runs(paths, steps=None) -> list[Run]:
 
 # ----------------------------------------------------------------------------- training log
 
-_RENAMES = {
-    "completions/mean_length": "completion_length",
+_RENAMES = {  # one name per metric, whichever TRL wrote the log (0.14-0.16 names included)
+    "completions/mean_length": "completion_length",  # TRL >= 0.17; 0.14-0.16 logged completion_length
     "completion_length": "completion_length",
-    "completions/clipped_ratio": "clipped_ratio",
+    "completions/clipped_ratio": "clipped_ratio",  # share of completions cut at max length (TRL >= 0.17)
+    "clip_ratio/region_mean": "clip_ratio",  # share of tokens whose policy ratio was clipped; 0.16: clip_ratio
+    "objective/entropy": "entropy",  # TRL's PPO-style trainers; GRPOTrainer >= 0.19 logs entropy
+    "objective/kl": "kl",
 }
 
 
