@@ -4,8 +4,12 @@ Reads the store (samples, passk, phases, phase_summary, retention, spectra) and 
 (run, claim, statistic, value, ci_low, ci_high, p_value, verdict, detail) and the `gain_decomposition` table.
 Verdicts are "supported", "not supported" or "inconclusive"; each claim's docstring says which is which.
 
-The best checkpoint is the trained step with the highest strict pass@1 on the same samples that the tests then
-read; that selection favours the best step a little (winner's curse), so strict gains are slightly optimistic.
+The best checkpoint: when the store holds a held-out benchmark beside the test one (the `selection` table of
+`tina-probe dynamics`, else the default pairing lab-probe -> lab-test of analysis/selection.py), the step with the
+highest strict pass@1 on the held-out benchmark, and the tests read the test benchmark only. Otherwise the trained
+step with the highest strict pass@1 on the same samples that the tests then read; that choice favours the best step
+(winner's curse), so strict gains are then optimistic. Every row says which was used (best_step,
+best_chosen_on: the held-out benchmark's name, or the test benchmark's own when picked on the test itself).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.phase import best_step, format_transition, main_change, one_sampling
+from analysis.selection import best_choice, selection_table
 from tina_probe.errors import TinaError
 from tina_probe.store import Store
 
@@ -32,7 +37,8 @@ EQUIV_MARGIN = 0.05  # TOST margin, absolute, on proportion metrics (retention a
 N_BOOT = 2000  # bootstrap resamples over problems
 CLAIMS = ("format_first", "gain_decomposition", "mcnemar_strict", "mcnemar_lenient", "knowledge_kept",
           "update_geometry", "format_adaptation")
-HYPOTHESIS_COLUMNS = ["run", "claim", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict", "detail"]
+HYPOTHESIS_COLUMNS = ["run", "claim", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict", "detail",
+                      "best_step", "best_chosen_on"]
 CROSS_RUN = "lora_vs_full"  # the run label of the claims that compare LoRA runs with full-FT runs
 LOWER_IS_BETTER = ("kl", "perplexity", "ppl", "loss", "nll", "bits")  # retention metrics the TOST leaves out
 Z = stats.norm.ppf
@@ -445,16 +451,29 @@ def _run_kinds(*tables: pd.DataFrame) -> dict[str, str]:
 
 def hypothesis_tables(samples: pd.DataFrame, passk: pd.DataFrame, phases: pd.DataFrame, summary: pd.DataFrame,
                       retention: pd.DataFrame, spectra: pd.DataFrame, *, margin: float = EQUIV_MARGIN,
-                      alpha: float = ALPHA, n_boot: int = N_BOOT, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All claims for all runs: (hypothesis table, gain_decomposition table). Pure over the store's tables."""
+                      alpha: float = ALPHA, n_boot: int = N_BOOT, seed: int = 0,
+                      selection: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All claims for all runs: (hypothesis table, gain_decomposition table). Pure over the store's tables.
+
+    `selection` (the dynamics command's table) names each run's held-out choice of best checkpoint; without it
+    the default pairing of benchmarks decides (analysis/selection.py), and without a pair the test's own max."""
     pk = passk if not passk.empty else (_passk_from_samples(samples) if not samples.empty else passk)
+    if selection is None or selection.empty:
+        selection = selection_table(pk)
     runs = sorted({*(pk["run"] if not pk.empty else []), *(samples["run"] if not samples.empty else []),
                    *(phases["run"] if not phases.empty else [])})
     kinds = _run_kinds(samples, passk, retention, spectra)
     rows: list[ClaimRow] = []
-    decomp, changes, bests = [], {}, {}
+    decomp, changes, bests, chosen_on = [], {}, {}, {}
     for run in runs:
-        step, value, bench = best_step(pk, run)
+        choice = best_choice(pk, run, selection)
+        if choice is not None:
+            step, bench, chosen_on[run] = choice.step, choice.benchmark, choice.chosen_on
+            log.info("run %s: best checkpoint %d chosen on %s, tested on %s", run, step, choice.chosen_on, bench)
+        else:
+            step, _, bench = best_step(pk, run)
+            chosen_on[run] = bench
+        run_samples = samples if choice is None or samples.empty else samples[samples["benchmark"] == bench]
         found: dict[str, ClaimRow] = {}
         found["format_first"] = format_first_claim(run, phases, _curve_status(summary, run), bench)
         if step is None:
@@ -464,12 +483,13 @@ def hypothesis_tables(samples: pd.DataFrame, passk: pd.DataFrame, phases: pd.Dat
             if samples.empty:
                 log.warning("run %s: no samples table (run `tina-probe eval`); per-problem claims skipped", run)
             else:
-                base_pp, best_pp = per_problem(samples, run, 0), per_problem(samples, run, step)
+                base_pp, best_pp = per_problem(run_samples, run, 0), per_problem(run_samples, run, step)
                 if base_pp.empty or best_pp.empty:
                     log.warning("run %s: no samples at step 0 or %d; per-problem claims skipped", run, step)
                 else:
                     dec = gain_decomposition(base_pp, best_pp, n_boot=n_boot, seed=seed, alpha=alpha)
-                    decomp.append({"run": run, "benchmark": bench, "base_step": 0, "best_step": step} | dec)
+                    decomp.append({"run": run, "benchmark": bench, "base_step": 0, "best_step": step,
+                                   "best_chosen_on": chosen_on[run]} | dec)
                     found["gain_decomposition"] = gain_claim(run, dec)
                     for grading in ("strict", "lenient"):
                         found[f"mcnemar_{grading}"] = mcnemar_claim(run, grading, base_pp, best_pp, alpha=alpha)
@@ -482,7 +502,9 @@ def hypothesis_tables(samples: pd.DataFrame, passk: pd.DataFrame, phases: pd.Dat
         rows.append(format_adaptation_claim(run, found, knowledge=kept, alpha=alpha))
     rows += knowledge_lora_vs_full(changes, kinds, alpha=alpha)
     rows += geometry_claims(spectra, bests, n_boot=n_boot, seed=seed, alpha=alpha)
-    hyp = pd.DataFrame([asdict(r) for r in rows], columns=HYPOTHESIS_COLUMNS)
+    hyp = pd.DataFrame([asdict(r) for r in rows], columns=HYPOTHESIS_COLUMNS[:-2])
+    hyp["best_step"] = hyp["run"].map(bests).astype(float)  # nan for the cross-run rows
+    hyp["best_chosen_on"] = hyp["run"].map(chosen_on)
     return hyp, pd.DataFrame(decomp)
 
 
@@ -490,7 +512,8 @@ def run_hypothesis(out: Path, *, margin: float = EQUIV_MARGIN, alpha: float = AL
                    seed: int = 0) -> pd.DataFrame:
     """`tina-probe hypothesis`: read the store at `out`, write hypothesis and gain_decomposition tables."""
     store = Store(out)
-    tables = {t: store.read(t) for t in ("samples", "passk", "phases", "phase_summary", "retention", "spectra")}
+    tables = {t: store.read(t) for t in ("samples", "passk", "phases", "phase_summary", "retention", "spectra",
+                                         "selection")}
     if tables["samples"].empty and tables["passk"].empty and tables["phases"].empty:
         raise TinaError(f"{out}: no samples, passk or phases table (run `tina-probe eval` and `tina-probe phase`)")
     for name, cmd in (("phases", "phase"), ("retention", "retention"), ("spectra", "spectra")):
@@ -498,7 +521,7 @@ def run_hypothesis(out: Path, *, margin: float = EQUIV_MARGIN, alpha: float = AL
             log.warning("%s: no %s table; run `tina-probe %s` for its claims", out, name, cmd)
     hyp, decomp = hypothesis_tables(tables["samples"], tables["passk"], tables["phases"], tables["phase_summary"],
                                     tables["retention"], tables["spectra"], margin=margin, alpha=alpha,
-                                    n_boot=n_boot, seed=seed)
+                                    n_boot=n_boot, seed=seed, selection=tables["selection"])
     store.write("hypothesis", hyp)
     store.write("gain_decomposition", decomp)
     return hyp

@@ -22,6 +22,7 @@ from ruptures.base import BaseCost
 from ruptures.exceptions import BadSegmentationParameters
 from tqdm import tqdm
 
+from analysis.selection import BestChoice, best_choice, selection_table
 from tina_probe.errors import TinaError
 from tina_probe.runs import training_log
 from tina_probe.store import Store
@@ -444,17 +445,21 @@ def accuracy_change(phases: pd.DataFrame, run: str, benchmark: str | None = None
 
 
 def best_vs_transition(passk: pd.DataFrame, phases: pd.DataFrame, run: str,
-                       benchmark: str | None = None) -> dict:
-    """Where the best checkpoint (max strict pass@1) sits relative to the format transition and to the lenient
-    accuracy change.
+                       benchmark: str | None = None, choice: BestChoice | None = None) -> dict:
+    """Where the best checkpoint (max strict pass@1, or `choice`: the step picked on a held-out benchmark, scored
+    on its test benchmark) sits relative to the format transition and to the lenient accuracy change.
 
     lag_steps = best step - format transition step (positive: the best checkpoint comes after the transition),
     with a range from the transition's bootstrap range; lag_share divides by the last evaluated or logged step.
     accuracy_lag_steps is the same against the lenient accuracy change (accuracy_change: its largest fall, else
     its largest change), so "the best checkpoint sits before the accuracy dip" is a number with a range."""
-    step, value, bench = best_step(passk, run, benchmark)
+    if choice is not None and choice.step is not None:
+        step, value, bench = choice.step, choice.value, choice.benchmark
+    else:
+        step, value, bench = best_step(passk, run, benchmark)
     curve, _ = strict_curve(passk, run, bench)
     out = {"run": run, "benchmark": bench, "best_step": step, "best_value": value,
+           "best_chosen_on": choice.chosen_on if choice is not None and choice.step is not None else bench,
            "base_value": float(curve.loc[0]) if 0 in curve.index else np.nan,
            "transition_metric": None, "transition_source": None, "transition_step": np.nan,
            "transition_low": np.nan, "transition_high": np.nan, "transition_size": np.nan,
@@ -512,8 +517,9 @@ def phase_summary(passk: pd.DataFrame, phases: pd.DataFrame, status: pd.DataFram
     """One row per run: best checkpoint vs format transition, the training dynamics' largest changes beside it,
     and which curves changed, stayed flat or were too short (PRIMARY_METHOD)."""
     rows = []
+    held_out = selection_table(passk)  # a held-out benchmark beside the test one (lab-probe -> lab-test) picks best
     for run in runs:
-        row = best_vs_transition(passk, phases, run)
+        row = best_vs_transition(passk, phases, run, choice=best_choice(passk, run, held_out))
         row |= dynamics_changes(phases, run, row["transition_step"])
         st = status[(status["run"] == run) & (status["method"] == PRIMARY_METHOD)] if not status.empty else status
         for label, code in (("metrics_changed", "changes"), ("metrics_unchanged", "no change"),

@@ -202,3 +202,24 @@ def test_samples_only_store_still_gives_per_problem_claims(tmp_path):
 def test_empty_store_is_a_user_error(tmp_path):
     with pytest.raises(TinaError, match="tina-probe eval"):
         run_hypothesis(tmp_path)
+
+
+def test_best_checkpoint_is_chosen_on_the_held_out_benchmark_when_there_is_one(tmp_path):
+    """lab-probe peaks at step 100, lab-test at 200: the tests use step 100 on lab-test's problems only, and every
+    row says so; without the held-out benchmark the test's own maximum (200) is used."""
+    steps = [0, 100, 200]
+    test = simulate_samples(steps, [0.3, 0.8, 0.95], [0.8] * 3, run="r", benchmark="lab-test", n_problems=150,
+                            seed=1)
+    probe = simulate_samples(steps, [0.3, 0.95, 0.5], [0.8] * 3, run="r", benchmark="lab-probe", n_problems=90,
+                             seed=2)
+    Store(tmp_path).write("samples", pd.concat([test, probe], ignore_index=True))
+    hyp = run_hypothesis(tmp_path, n_boot=200)
+    assert set(hyp["best_step"]) == {100.0} and set(hyp["best_chosen_on"]) == {"lab-probe"}
+    dec = Store(tmp_path).read("gain_decomposition").iloc[0]
+    assert (dec["benchmark"], dec["best_step"], dec["best_chosen_on"], dec["n_problems"]) == ("lab-test", 100,
+                                                                                             "lab-probe", 150)
+    assert dec["format_best"] == pytest.approx(0.8, abs=0.05)  # lab-test's format rate at step 100
+    alone = tmp_path / "alone"
+    Store(alone).write("samples", test)
+    hyp = run_hypothesis(alone, n_boot=200)
+    assert set(hyp["best_step"]) == {200.0} and set(hyp["best_chosen_on"]) == {"lab-test"}

@@ -213,3 +213,20 @@ def test_sampling_settings_never_pool(caplog):
         curves = eval_curves(pd.DataFrame(rows), pd.DataFrame(), "r")
     assert len(curves) == 7 and set(curves["value"]) == {0.5}
     assert "greedy" in caplog.text
+
+
+def test_phase_summary_takes_the_best_checkpoint_from_the_held_out_benchmark():
+    from analysis.phase import phase_summary
+
+    def rows(bench, values):
+        return pd.DataFrame({"run": "r", "step": [0, 100, 200, 300], "kind": ["base", "lora", "lora", "lora"],
+                             "benchmark": bench, "grading": "strict", "k": 1, "n": 4, "value": values,
+                             "ci_low": np.nan, "ci_high": np.nan})
+
+    passk = pd.concat([rows("lab-test", [0.2, 0.5, 0.7, 0.6]), rows("lab-probe", [0.2, 0.8, 0.6, 0.7])])
+    empty = pd.DataFrame(columns=["run", "metric", "method", "source", "benchmark", "status"])
+    row = phase_summary(passk, empty, empty, ["r"]).iloc[0]
+    assert (row["best_step"], row["best_value"], row["benchmark"], row["best_chosen_on"]) == (100, 0.5, "lab-test",
+                                                                                            "lab-probe")
+    alone = phase_summary(passk[passk["benchmark"] == "lab-test"], empty, empty, ["r"]).iloc[0]
+    assert (alone["best_step"], alone["best_chosen_on"]) == (200, "lab-test")
