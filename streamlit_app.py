@@ -22,6 +22,7 @@ PAGES = [  # file, title, url path, icon
     ("runs.py", "Runs", "runs", ":material/table_chart:"),
     ("phases.py", "Phase transitions", "phases", ":material/timeline:"),
     ("passk.py", "pass@k", "passk", ":material/stacked_line_chart:"),
+    ("dynamics.py", "Series dynamics", "dynamics", ":material/swap_vert:"),
     ("spectra.py", "Spectra", "spectra", ":material/grid_on:"),
     ("retention.py", "Retention", "retention", ":material/psychology:"),
     ("hypothesis.py", "Hypothesis", "hypothesis", ":material/fact_check:"),

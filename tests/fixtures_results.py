@@ -204,3 +204,49 @@ def write_results_store(folder: Path | str, *, seed: int = 0) -> Path:
     (report / "report.md").write_text("# tina-probe report\n\nStrict pass@1 rose.\n\n![pass@1](pass1.png)\n\n"
                                       "![outside](../../../etc/passwd)\n\n![remote](https://example.com/x.png)\n")
     return folder
+
+
+PROBE_BENCHMARK = "lab-probe"
+
+
+def training_dynamics_table() -> pd.DataFrame:
+    """Training curves as `tina-probe phase` stores them, with the dynamics metrics: entropy collapses and the
+    completion length shrinks where the format reward jumps."""
+    rows = []
+    rng = np.random.default_rng(4)
+    for run, kind in RUNS.items():
+        jump = 14 if kind == "lora" else 9
+        for step in range(1, 31):
+            after = step >= jump
+            for metric, value in (("format_reward", 0.9 if after else 0.1), ("entropy", 0.5 if after else 1.4),
+                                  ("completion_length", 22 if after else 34), ("clipped_ratio", 0.02),
+                                  ("kl", 0.001 * step), ("frac_reward_zero_std", 0.6 if after else 0.2)):
+                rows.append({"run": run, "metric": metric, "step": step,
+                             "value": float(value + 0.02 * rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+def write_dynamics_store(folder: Path | str, *, seed: int = 0) -> Path:
+    """The two-run store plus a held-out benchmark (lab-probe, other problems and draws), training dynamics curves
+    with their change points, and the four tables of `tina-probe dynamics`."""
+    from analysis.dynamics import dynamics_tables
+
+    folder = write_results_store(folder, seed=seed)
+    store = Store(folder)
+    probe = samples_table(seed + 11).assign(benchmark=PROBE_BENCHMARK)
+    probe["problem_id"] = probe["problem_id"].str.replace("test", "probe")
+    samples = pd.concat([store.read("samples"), probe], ignore_index=True)
+    groups = ["run", "step", "kind", "benchmark", "sampling"]
+    store.write("samples", samples)
+    passk = passk_table(samples, group_cols=groups, n_boot=200, seed=seed)
+    store.write("passk", passk)
+    store.write("format", format_table(samples, group_cols=groups, n_boot=200, seed=seed))
+    store.write("training_curves", training_dynamics_table())
+    phases = phases_table()
+    extra = [{**phases.iloc[0].to_dict(), "run": run, "metric": "entropy", "change_step": jump - 0.5,
+              "change_step_low": jump - 2.0, "change_step_high": jump + 1.0, "size": -0.9}
+             for run, jump in (("lab-lora-r8", 14), ("lab-full", 9))]
+    store.write("phases", pd.concat([phases, pd.DataFrame(extra)], ignore_index=True))
+    for name, df in dynamics_tables(samples, passk, n_boot=100, seed=seed, show=False).items():
+        store.write(name, df)
+    return folder

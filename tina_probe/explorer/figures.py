@@ -253,3 +253,62 @@ def decomposition_bars(dec: pd.DataFrame, title: str) -> Figure:
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+LABEL_COLORS = {"learned": "#2e7d32", "forgotten": "#c62828", "unstable": "#ef6c00", "kept_solved": "#1565c0",
+                "never_solved": "#9e9e9e", "unlabelled": "#ffffff"}
+
+
+def problem_heatmap(grid: pd.DataFrame, labels: pd.Series, title: str) -> Figure:
+    """Problems (rows) x steps (columns) share of correct samples, with each problem's label as a colour strip."""
+    fig, axes = _new(9, min(14.0, 1.6 + 0.16 * max(8, len(grid))), ncols=2,
+                     gridspec_kw={"width_ratios": [1, 28]})
+    strip, ax = axes[0, 0], axes[0, 1]
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": "share of samples correct"},
+                yticklabels=len(grid) <= 60)
+    ax.set_xlabel("step")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    colors = [matplotlib.colors.to_rgb(LABEL_COLORS.get(str(lab), "#ffffff")) for lab in labels]
+    strip.imshow(np.array(colors)[:, None, :], aspect="auto", interpolation="nearest")
+    strip.set_xticks([])
+    strip.set_yticks([])
+    strip.set_ylabel("label")
+    for lab in dict.fromkeys(str(x) for x in labels):
+        ax.plot([], [], "s", color=LABEL_COLORS.get(lab, "#ffffff"), label=lab)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0), frameon=False)
+    return fig
+
+
+def crossover_figure(curves: pd.DataFrame, cross: dict | None, title: str, ylabel: str) -> Figure:
+    """pass@k of the base and a checkpoint over k (log2 axis), the crossover k_star dashed, its range shaded."""
+    fig = ci_lines(curves, "k", "curve", title, ylabel, style={"base (step 0)": ":"}, log2x=True)
+    ax = fig.axes[0]
+    if cross is not None and pd.notna(cross.get("k_star")):
+        lo, hi = cross.get("k_star_low"), cross.get("k_star_high")
+        if pd.notna(lo):
+            ax.axvspan(lo, hi if pd.notna(hi) else curves["k"].max(), color="#ffb300", alpha=0.2, lw=0,
+                       label="k* range")
+        ax.axvline(cross["k_star"], color="#e65100", ls="--", lw=1.4, label=f"k* = {int(cross['k_star'])}")
+        ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def dynamics_curves(train: pd.DataFrame, changes: pd.DataFrame, transition: float | None, title: str) -> Figure:
+    """One panel per training metric with its change points (dashed) and ranges (bands); the format transition
+    as a purple dotted line on every panel."""
+    metrics = sorted(train["metric"].unique())
+    fig, axes = _new(9, 2.0 * max(1, len(metrics)) + 0.6, nrows=max(1, len(metrics)), sharex=True)
+    for ax, metric in zip(axes[:, 0], metrics):
+        m = train[train["metric"] == metric].sort_values("step")
+        ax.plot(m["step"], m["value"], color="#37474f", lw=1.2, marker="." if len(m) < 40 else None)
+        for row in changes[changes["metric"] == metric].itertuples(index=False):
+            if pd.notna(row.change_step_low) and pd.notna(row.change_step_high):
+                ax.axvspan(row.change_step_low, row.change_step_high, color="#ffb300", alpha=0.25, lw=0)
+            ax.axvline(row.change_step, color="#e65100", ls="--", lw=1.2)
+        if transition is not None and pd.notna(transition):
+            ax.axvline(transition, color="#6a1b9a", ls=":", lw=1.4)
+        ax.set_ylabel(metric, fontsize=8)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    return fig

@@ -15,6 +15,7 @@ from tina_probe.explorer.paths import resolve_inside
 EVAL = "tina-probe eval --ckpts runs/*"
 PHASE = "tina-probe phase --runs runs/*"
 HYPOTHESIS = "tina-probe hypothesis"
+DYNAMICS = "tina-probe dynamics"
 LAB = "tina-probe lab"
 
 FILLS = {  # table -> the command that writes it
@@ -24,6 +25,7 @@ FILLS = {  # table -> the command that writes it
     "phases": PHASE, "phase_summary": PHASE, "training_curves": PHASE,
     "hypothesis": HYPOTHESIS, "gain_decomposition": HYPOTHESIS,
     "runs": EVAL, "training_log": PHASE,
+    "problem_dynamics": DYNAMICS, "crossover": DYNAMICS, "maj": DYNAMICS, "selection": DYNAMICS,
     "report": "tina-probe report",
 }
 
@@ -41,6 +43,11 @@ REQUIRED = {  # table -> the columns the explorer reads
     "training_curves": ["run", "step", "metric", "value"],
     "runs": ["run"],
     "phase_summary": ["run"],
+    "problem_dynamics": ["run", "benchmark", "grading", "problem_id", "base_rate", "final_rate", "label"],
+    "crossover": ["run", "step", "benchmark", "grading", "k_star", "k_star_low", "k_star_high", "gap_at_1"],
+    "maj": ["run", "step", "benchmark", "grading", "k", "value", "ci_low", "ci_high"],
+    "selection": ["run", "benchmark", "selected_on", "selected_step", "value_at_selected", "max_value",
+                  "max_step", "optimism"],
 }
 
 

@@ -39,6 +39,25 @@ def key_numbers(overview: pd.DataFrame) -> None:
                                    help=f"best strict pass@1, at step {best}" if best is not None else None)
 
 
+SELECTION_COLUMNS = ["run", "benchmark", "selected_on", "selected_step", "value_at_selected", "max_step",
+                     "max_value", "optimism"]
+
+
+def held_out_section() -> None:
+    """Each run's checkpoint chosen on a held-out benchmark, scored on the test one, beside the test's own max."""
+    sel = ui.load("selection", scoped=False)
+    if not sel.ok:
+        st.caption(f"No held-out checkpoint selection yet: evaluate a held-out benchmark beside the test one (the "
+                   f"lab's `lab-probe` beside `lab-test`) and run `{tables.DYNAMICS}`.")
+        return
+    st.subheader("Best checkpoint chosen on a held-out benchmark")
+    st.caption("selected_step: highest strict pass@1 on `selected_on`; value_at_selected: its strict pass@1 on "
+               "`benchmark`; max_step / max_value: the best on `benchmark` itself; optimism = max_value - "
+               "value_at_selected, what picking on the test set would overstate.")
+    df = sel.df
+    ui.show_table(df[[c for c in SELECTION_COLUMNS if c in df.columns]], "held_out_selection")
+
+
 def main() -> None:
     """Draw the page."""
     st.title("Runs")
@@ -68,6 +87,7 @@ def main() -> None:
             title = "pass@1 per checkpoint (strict solid, lenient dashed; 95% CI)"
             ui.show_figure("pass1_per_checkpoint", title, "ci_lines", curves, "step", "curve", title, "pass@1",
                            kinds=kinds, style=style)
+        held_out_section()
     st.subheader("Store contents")
     ui.show_table(store_status(ctx), "store_status")
 
