@@ -274,9 +274,9 @@ def problem_heatmap(grid: pd.DataFrame, labels: pd.Series, title: str) -> Figure
     strip.set_xticks([])
     strip.set_yticks([])
     strip.set_ylabel("label")
-    for lab in dict.fromkeys(str(x) for x in labels):
-        ax.plot([], [], "s", color=LABEL_COLORS.get(lab, "#ffffff"), label=lab)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0), frameon=False)
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="s", color=LABEL_COLORS.get(lab, "#ffffff"), label=lab)
+               for lab in dict.fromkeys(str(x) for x in labels)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     return fig
 
 
