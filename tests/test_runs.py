@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tina_probe.errors import TinaError
-from tina_probe.runs import discover_runs, training_log, unify_metric_name
+from tina_probe.runs import discover_runs, training_log, unify_metric_name, weights_identity
 
 
 def _by_name(runs):
@@ -27,6 +28,25 @@ def test_lora_and_full_runs(runs_dir, tiny_base):
     assert lora.checkpoints[0].path == Path(tiny_base.resolve())
     assert lora.checkpoints[2].path == (runs_dir / "lab-lora" / "checkpoint-20").resolve()
     assert lora.manifest["eval_benchmark"]
+
+
+def test_identity_is_read_once_at_discovery(runs_dir, tiny_base):
+    """Each checkpoint carries its files (name, size, mtime) and, for LoRA, its base's; the base's step 0 carries
+    the base's files; saving a checkpoint again gives it a new identity."""
+    runs = _by_name(discover_runs([runs_dir / "lab-lora", runs_dir / "lab-full"]))
+    base, lora10, _ = runs["lab-lora"].checkpoints
+    base_files = weights_identity(tiny_base.resolve())
+    assert base.files == base_files and base.base_files is None
+    assert {f[0] for f in base_files} >= {"config.json", "model.safetensors"}
+    weights = lora10.path / "adapter_model.safetensors"
+    assert lora10.base_files == base_files and ("adapter_model.safetensors", weights.stat().st_size,
+                                                weights.stat().st_mtime_ns) in lora10.files
+    full10 = runs["lab-full"].checkpoints[1]
+    assert full10.files == weights_identity(full10.path) and full10.base_files is None
+    weights.write_bytes(weights.read_bytes())
+    os.utime(weights, ns=(1, 1))
+    again = discover_runs([runs_dir / "lab-lora"])[0].checkpoints[1]
+    assert again.files != lora10.files and again.base_files == lora10.base_files
 
 
 def test_glob_and_steps_filter(runs_dir):

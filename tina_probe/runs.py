@@ -30,6 +30,9 @@ class Checkpoint:
     kind: str  # "base" | "lora" | "full"
     path: Path  # checkpoint folder; for the base: the base model folder or hub id
     base: str  # base model path or hub id of the run
+    # identity, read once at discovery (weights_identity): resume keys are built from it without touching the disk
+    files: tuple = ()  # (file, size, mtime) of this folder's weights and configs; the base's own for step 0
+    base_files: tuple | None = None  # LoRA only: the base's files (an adapter's output depends on its base)
 
 
 @dataclass(frozen=True)
@@ -214,15 +217,15 @@ def _step_of(folder: Path) -> int | None:
 _IDENTITY_FILES = ("adapter_config.json", "config.json", "generation_config.json")
 
 
-def weights_identity(path: Path | str) -> list:
+def weights_identity(path: Path | str) -> tuple:
     """(file, size, mtime) of a model or adapter folder's weights and configs: a checkpoint saved again or replaced
     under the same path gets a new identity, so its stored results are not reused. Stat calls only (hashing a
     1.5B checkpoint on every sweep would take seconds); a hub id has no files and is its own identity."""
     folder = Path(path)
     if not folder.is_dir():
-        return [str(path)]
+        return (str(path),)
     files = sorted(f for f in folder.iterdir() if f.suffix == ".safetensors" or f.name in _IDENTITY_FILES)
-    return [(f.name, st.st_size, st.st_mtime_ns) for f in files if (st := f.stat())]
+    return tuple((f.name, st.st_size, st.st_mtime_ns) for f in files if (st := f.stat()))
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -271,8 +274,9 @@ def _run_base(run_dir: Path, manifest: dict, folders: list[Path]) -> str:
     raise TinaError(f"{run_dir}: cannot tell the base model (no {MANIFEST} with 'base', no adapter_config.json)")
 
 
-def _checkpoint_of(run: str, base: str, folder: Path, run_dir: Path) -> Checkpoint | None:
-    """A checked Checkpoint for one folder, or None (with one warning line) when it is incomplete or corrupt."""
+def _checkpoint_of(run: str, base: str, base_files: tuple, folder: Path, run_dir: Path) -> Checkpoint | None:
+    """A checked Checkpoint for one folder (its identity read here), or None (with one warning line) when it is
+    incomplete or corrupt."""
     kind = checkpoint_kind(folder)
     if kind is None:
         log.warning("skipping %s: no weights (incomplete checkpoint)", folder)
@@ -290,7 +294,8 @@ def _checkpoint_of(run: str, base: str, folder: Path, run_dir: Path) -> Checkpoi
     if step is None:
         log.info("%s: no step in its name or trainer_state.json; calling it step 1", folder)
         step = 1
-    return Checkpoint(run=run, step=step, kind=kind, path=folder, base=base)
+    return Checkpoint(run=run, step=step, kind=kind, path=folder, base=base, files=weights_identity(folder),
+                      base_files=base_files if kind == "lora" else None)
 
 
 def _load_run(run_dir: Path, only: list[Path] | None, steps) -> Run:
@@ -299,14 +304,15 @@ def _load_run(run_dir: Path, only: list[Path] | None, steps) -> Run:
     folders = only if only is not None else _checkpoint_folders(run_dir)
     name = str(manifest.get("name") or run_dir.name)
     base = _run_base(run_dir, manifest, folders)
-    ckpts = [c for f in folders if (c := _checkpoint_of(name, base, f, run_dir)) is not None]
+    base_files = weights_identity(base)
+    ckpts = [c for f in folders if (c := _checkpoint_of(name, base, base_files, f, run_dir)) is not None]
     if steps is not None:
         wanted = {int(s) for s in steps}
         ckpts = [c for c in ckpts if c.step in wanted]
     ckpts.sort(key=lambda c: c.step)
     kinds = {c.kind for c in ckpts}
     kind = str(manifest.get("kind") or (kinds.pop() if len(kinds) == 1 else "lora" if "lora" in kinds else "full"))
-    base_ckpt = Checkpoint(run=name, step=0, kind="base", path=Path(base), base=base)
+    base_ckpt = Checkpoint(run=name, step=0, kind="base", path=Path(base), base=base, files=base_files)
     include_base = steps is None or 0 in {int(s) for s in steps}
     ckpts = [c for c in ckpts if c.step != 0]  # step 0 is the base by convention
     return Run(
