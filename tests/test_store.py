@@ -78,6 +78,38 @@ def test_newest_part_per_key_prefix_and_moving_parts(tmp_path):
     assert store.consolidate("samples", sort_by=sort, newest_per_key_prefix=True)["x"].tolist() == [2, 2, 3, 4]
 
 
+def test_format_marker_stamped_checked_and_older_stores_name_their_rebuild(tmp_path):
+    """The first part write stamps <root>/.parts/format.json; a store without it (from before the marker) is format
+    1 and is stamped on its next write; another format stops every parts access with one line."""
+    import json
+
+    from tina_probe.errors import TinaError
+    from tina_probe.store import FORMAT, FORMAT_FILE
+
+    df = pd.DataFrame({"x": [1]})
+    Store(tmp_path).write_part("spectra", "k", df)
+    marker = tmp_path / ".parts" / FORMAT_FILE
+    assert json.loads(marker.read_text()) == {"format": FORMAT} == {"format": 1}
+    assert Store(tmp_path).part_keys("spectra") == {"k"}  # the marker is no part
+    marker.unlink()
+    assert Store(tmp_path).has_part("spectra", "k") and not marker.exists()  # reading alone does not stamp
+    Store(tmp_path).write_part("samples", "g-1", df)
+    assert json.loads(marker.read_text()) == {"format": FORMAT}
+    marker.write_text(json.dumps({"format": FORMAT - 1}))
+    with pytest.raises(TinaError) as err:
+        Store(tmp_path).part_keys("samples")
+    assert str(err.value) == (f"{tmp_path}: results store of format {FORMAT - 1}, older than this tina-probe's "
+                              f"{FORMAT}; rebuild it: rerun tina-probe eval / grade, tina-probe spectra with a new "
+                              "--out (or `tina-probe lab` for the lab's store)")
+    marker.write_text(json.dumps({"format": FORMAT + 1}))
+    with pytest.raises(TinaError, match="newer tina-probe"):
+        Store(tmp_path).write_part("samples", "g-2", df)
+    marker.write_text("{not json")
+    with pytest.raises(TinaError, match=f"{marker}: unreadable store format marker"):
+        Store(tmp_path).has_part("samples", "g-1")
+    pd.testing.assert_frame_equal(Store(tmp_path).read("nothing"), pd.DataFrame())  # tables carry no version
+
+
 def test_safe_key_is_file_safe_and_distinct():
     assert safe_key("abc_123-x.y") == "abc_123-x.y"
     a, b = safe_key("runs/a b"), safe_key("runs/a_b")

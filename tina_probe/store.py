@@ -1,4 +1,11 @@
-"""The results store: one folder of parquet tables, written atomically, with per-unit parts for resume."""
+"""The results store: one folder of parquet tables, written atomically, with per-unit parts for resume.
+
+The store has a format version (FORMAT, in <root>/.parts/format.json): the layout of the resume parts that every
+resuming writer (eval and grade, spectra, retention) relies on: which part tables exist, how their keys are built,
+what rows a part holds. One number for the whole folder; a change to any writer's parts bumps it. A store of another
+format stops the first command that touches its parts with one line naming the commands that rebuild it. Format 1
+is the layout every tina-probe so far has written, so a store from before the marker is format 1 and is stamped on
+its next part write. The consolidated tables (<root>/<table>.parquet) are the interchange and carry no version."""
 
 from __future__ import annotations
 
@@ -11,7 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tina_probe.errors import TinaError
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+FORMAT = 1  # see the module docstring; bump it when a writer's parts change layout
+FORMAT_FILE = "format.json"  # in <root>/.parts/
+# which command rebuilds the rows of a part table (every other table: the command of its name)
+_REBUILT_BY = {"samples": "eval / grade", "base_samples": "eval / grade", "samples_superseded": "eval / grade"}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,13 +109,43 @@ class Store:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._format_checked = self._stamped = False
 
     def table_path(self, table: str) -> Path:
         """Where a consolidated table lives."""
         return self.root / f"{table}.parquet"
 
     def _part_dir(self, table: str) -> Path:
+        if not self._format_checked:
+            self.check_format()
         return self.root / ".parts" / table
+
+    def check_format(self) -> None:
+        """Raise a TinaError (one line: which commands rebuild it) when the parts are of another format than FORMAT;
+        a store without the marker is format 1 (module docstring)."""
+        marker = self.root / ".parts" / FORMAT_FILE
+        if marker.is_file():
+            try:
+                found = int(json.loads(marker.read_text())["format"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise TinaError(f"{marker}: unreadable store format marker ({exc})") from None
+            if found > FORMAT:
+                raise TinaError(f"{self.root}: results store of format {found}, written by a newer tina-probe "
+                                f"(this one reads format {FORMAT}); upgrade tina-probe or use another --out")
+            if found < FORMAT:
+                tables = sorted(p.name for p in (self.root / ".parts").iterdir() if p.is_dir())
+                commands = dict.fromkeys(f"tina-probe {_REBUILT_BY.get(t, t)}" for t in tables)
+                raise TinaError(f"{self.root}: results store of format {found}, older than this tina-probe's "
+                                f"{FORMAT}; rebuild it: rerun {', '.join(commands) or 'the commands that wrote it'} "
+                                f"with a new --out (or `tina-probe lab` for the lab's store)")
+        self._format_checked = True
+
+    def _stamp_format(self) -> None:
+        """Write the format marker beside the parts when it is missing."""
+        marker = self.root / ".parts" / FORMAT_FILE
+        if not self._stamped and not marker.is_file():
+            atomic_write_json(marker, {"format": FORMAT})
+        self._stamped = True
 
     def part_path(self, table: str, key: str) -> Path:
         """Where one part of a table lives."""
@@ -118,7 +162,9 @@ class Store:
 
     def write_part(self, table: str, key: str, df: pd.DataFrame) -> Path:
         """Write one unit's rows atomically; its presence marks the unit as done."""
-        return atomic_write_parquet(self.part_path(table, key), df)
+        path = atomic_write_parquet(self.part_path(table, key), df)
+        self._stamp_format()
+        return path
 
     def has_part(self, table: str, key: str) -> bool:
         """Whether the part for `key` was written."""
