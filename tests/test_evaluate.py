@@ -200,7 +200,8 @@ def test_batched_sweep_equals_unit_by_unit_sweep(runs_dir, tmp_path):
 
 
 def test_waves_group_small_units_within_batch_size(runs_dir):
-    from tina_probe.evaluate import _waves, plan_units
+    from tina_probe.eval_generate import waves as _waves
+    from tina_probe.eval_units import plan_units
     from tina_probe.generate.base import SamplingSettings
     from tina_probe.runs import discover_runs
 
@@ -212,6 +213,37 @@ def test_waves_group_small_units_within_batch_size(runs_dir):
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12)] == [2, 1]
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=4)] == [1, 1, 1]
     assert [len(w) for w in _waves(units, SamplingSettings(n=2), batch_size=12, batched=False)] == [1, 1, 1]
+
+
+def test_unit_keys_come_from_discovery_without_touching_the_disk(runs_dir, monkeypatch):
+    """Keys are built from the identity each Checkpoint carries: planning reads no file; a checkpoint whose
+    recorded files differ gets another key in the same group, and a LoRA's key follows its base's files."""
+    import dataclasses
+
+    from tina_probe.benchmarks import load_benchmark
+    from tina_probe.eval_units import plan_units
+    from tina_probe.generate.base import SamplingSettings
+    from tina_probe.runs import discover_runs
+    from tina_probe.store import Store
+
+    runs = discover_runs([str(runs_dir / "lab-lora")])
+    benches = {"lab-lora": [load_benchmark(runs[0].manifest["eval_benchmark"])]}
+    s = SamplingSettings(n=2)
+
+    def no_disk(*a, **kw):
+        raise AssertionError("planning touched the disk")
+
+    with monkeypatch.context() as m:
+        for name in ("stat", "iterdir", "is_dir", "exists", "is_file"):
+            m.setattr(Path, name, no_disk)
+        units = plan_units(runs, benches, s)
+    assert len(units) == 3 and len({u.key for u in units}) == 3
+    base, lora = runs[0].checkpoints[:2]
+    resaved = dataclasses.replace(lora, files=(("adapter_model.safetensors", 1, 2),))
+    new_base = dataclasses.replace(lora, base_files=(("model.safetensors", 1, 2),))
+    keys = [plan_units([dataclasses.replace(runs[0], checkpoints=(c,))], benches, s)[0].key
+            for c in (lora, resaved, new_base)]
+    assert len(set(keys)) == 3 and len({Store.key_prefix(k) for k in keys}) == 1
 
 
 def test_other_settings_under_the_same_names_replace_rather_than_pool(runs_dir, tmp_path, tiny_base):
@@ -275,7 +307,7 @@ def test_a_checkpoint_that_fails_to_load_is_skipped_and_the_rest_goes_on(runs_di
     def bad_grade(*a, **kw):
         raise TinaError("gold answer: empty")
 
-    monkeypatch.setattr("tina_probe.evaluate.grade_rows", bad_grade)
+    monkeypatch.setattr("tina_probe.eval_generate.grade_rows", bad_grade)
     with pytest.raises(TinaError, match="gold answer"):
         run_eval([str(runs_dir / "lab-lora")], out=tmp_path / "third", generator=HFGenerator(), **SETTINGS)
 
@@ -299,24 +331,35 @@ def test_a_choice_benchmark_is_graded_by_letters(runs_dir, tmp_path, tiny_base):
     assert (s["correct_strict"] == (s["answer"] == "A")).all() and (s["extracted_answer"] == "A").all()
 
 
-def test_parts_from_before_group_keys_are_replaced_and_grade_parts_pool(runs_dir, tmp_path, tiny_base):
-    """A store written before keys had group prefixes: its eval parts are shelved when the same group is evaluated
-    again (never pooled with the new rows); parts of `tina-probe grade` (kind external) are left to pool."""
-    from tina_probe.store import Store
+def test_grade_parts_pool_and_a_store_of_another_format_stops_before_generating(runs_dir, tmp_path, tiny_base):
+    """Parts of `tina-probe grade` (no group prefix) pool with eval's and are never shelved; a store whose format
+    marker says another format stops eval with one line naming the command that rebuilds it, before any model load;
+    a store from before the marker (format 1's layout) is stamped and used."""
+    import json
+
+    from tina_probe.store import FORMAT, FORMAT_FILE, Store
 
     right = {tiny_base.name: 1, "checkpoint-10": 1, "checkpoint-20": 2}
     out, run = tmp_path / "res", [str(runs_dir / "lab-lora")]
     first = run_eval(run, out=out, generator=Planted(right), **SETTINGS)
-    store = Store(out)
-    legacy = first["samples"][first["samples"].step == 20].assign(correct_strict=False)  # a stale, different unit
-    store.write_part("samples", "0123456789abcdef0123", legacy)
-    external = legacy.assign(run="dump", kind="external", sampling="external")
-    store.write_part("samples", "fedcba98765432100000", external)
+    marker = out / ".parts" / FORMAT_FILE
+    assert json.loads(marker.read_text()) == {"format": FORMAT}
+    external = first["samples"][first["samples"].step == 20].assign(run="dump", kind="external", sampling="external")
+    Store(out).write_part("samples", "fedcba98765432100000", external)
     again = run_eval(run, out=out, generator=Planted(right), **SETTINGS)
-    s = again["samples"]
-    assert s[(s.run == "lab-lora") & (s.step == 20)]["correct_strict"].all()
-    assert store.has_part("samples_superseded", "0123456789abcdef0123")
-    assert (s.run == "dump").sum() == len(external)
+    assert (again["samples"].run == "dump").sum() == len(external)
+    pd.testing.assert_frame_equal(again["samples"][again["samples"].run != "dump"].reset_index(drop=True),
+                                  first["samples"])
+    marker.unlink()  # a store written before the marker: format 1, stamped again on the next part write
+    run_eval(run, out=out, steps={0}, limit=1, generator=Planted(right), **SETTINGS)
+    assert json.loads(marker.read_text()) == {"format": FORMAT}
+    for found, says in ((FORMAT - 1, "older than .*rerun tina-probe eval / grade with a new --out"),
+                        (FORMAT + 1, "newer tina-probe")):
+        marker.write_text(json.dumps({"format": found}))
+        gen = Planted(right)
+        with pytest.raises(TinaError, match=f"{out}: results store of format {found}.*{says}"):
+            run_eval(run, out=out, generator=gen, **SETTINGS)
+        assert gen.model is None
 
 
 def test_a_lora_on_a_tied_weight_is_never_merged_in_place(tiny_base, tmp_path):

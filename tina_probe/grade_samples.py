@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from tina_probe.benchmarks import answer_text, golds_are_choices, read_rows, registry
 from tina_probe.errors import TinaError
-from tina_probe.evaluate import graded_fields, summarize
+from tina_probe.eval_generate import graded_fields
+from tina_probe.eval_summary import summarize
 from tina_probe.store import Store, stable_key
 
 NEEDED = ("problem_id", "completion", "answer")
