@@ -212,6 +212,39 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
+class _SilentBar(tqdm):
+    """A tqdm that never draws, whatever `disable` its caller passes."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+@contextmanager
+def _lmeval_silenced():
+    """lm-eval's own bars (per task and per request batch) and its `git describe` off while inside.
+
+    Written by hand because simple_evaluate has no switch for either: its modules bind `tqdm` at import, and it
+    shells out to git in the user's folder (printing "fatal: not a git repository" outside one). tina-probe's
+    retention bar is the one progress display; the git hash is not used (log_samples is off)."""
+    import sys
+
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lm_eval") and isinstance(getattr(module, "tqdm", None), type):
+            patched.append((module, "tqdm", module.tqdm))
+            module.tqdm = _SilentBar
+    evaluator = sys.modules.get("lm_eval.evaluator")
+    if evaluator is not None and hasattr(evaluator, "get_git_commit_hash"):
+        patched.append((evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash))
+        evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        for module, attr, value in patched:
+            setattr(module, attr, value)
+
+
 def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: RetentionSettings) -> list[MetricValue]:
     """One lm-eval task on an already loaded model (a PeftModel with its active adapter, or a plain one)."""
     from lm_eval import simple_evaluate
@@ -222,9 +255,11 @@ def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: R
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, device=settings.device)
     manager = TaskManager(include_defaults=False, include_path=str(probe.include_path))
     try:
-        res = simple_evaluate(model=lm, tasks=[probe.task], task_manager=manager, limit=limit, log_samples=False,
-                              bootstrap_iters=1000, random_seed=settings.seed, numpy_random_seed=settings.seed,
-                              torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
+        with _lmeval_silenced():
+            res = simple_evaluate(model=lm, tasks=[probe.task], task_manager=manager, limit=limit,
+                                  log_samples=False,
+                                  bootstrap_iters=1000, random_seed=settings.seed, numpy_random_seed=settings.seed,
+                                  torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
     except (ConnectionError, OSError) as exc:
         raise TinaError(f"{probe.name}: lm-eval could not read its data ({str(exc).splitlines()[0]})") from None
     results = res["results"]
