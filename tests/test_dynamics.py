@@ -225,3 +225,22 @@ def test_run_dynamics_writes_the_four_tables(tmp_path):
 def test_run_dynamics_without_samples_is_a_user_error(tmp_path):
     with pytest.raises(TinaError, match="tina-probe eval"):
         run_dynamics(tmp_path)
+
+
+def test_maj_cis_resample_problems_like_passk():
+    """maj@1 is pass@1: same value, and its bootstrap CI (one resample of problems for every k) lands where
+    passk's (one bootstrap per k) does."""
+    from tina_probe.passk import passk_with_ci
+
+    rng = np.random.default_rng(5)
+    p = rng.beta(1, 1, 200)
+    correct = rng.random((200, 8)) < p[:, None]
+    rows = [{"run": "r", "step": 0, "kind": "base", "benchmark": "b", "sampling": "s", "problem_id": f"p{i}",
+             "sample_idx": j, "extracted_answer": "1" if correct[i, j] else str(j % 2 + 2),
+             "correct_strict": bool(correct[i, j]), "correct_lenient": bool(correct[i, j]), "well_formatted": True}
+            for i in range(200) for j in range(8)]
+    maj = maj_table(pd.DataFrame(rows), gradings=("strict",), n_boot=2000).set_index("k")
+    value, lo, hi = passk_with_ci(correct, 1, n_boot=2000)
+    assert maj.loc[1, "value"] == pytest.approx(value)
+    assert (maj.loc[1, "ci_low"], maj.loc[1, "ci_high"]) == pytest.approx((lo, hi), abs=0.01)
+    assert (maj["ci_low"] <= maj["value"]).all() and (maj["value"] <= maj["ci_high"]).all()
