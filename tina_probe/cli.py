@@ -16,6 +16,10 @@ import typer
 from tina_probe.errors import TinaError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tina-probe shows its own progress (tqdm); library bars (transformers' "Loading weights", hub and datasets
+# downloads) would interleave with it. Set before any of them is imported; a user's own setting wins.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Study LoRA vs full fine-tuning of small reasoning models trained with GRPO.")
@@ -24,6 +28,8 @@ lab_app = typer.Typer(add_completion=False, no_args_is_help=False, invoke_withou
 app.add_typer(lab_app, name="lab")
 
 OUT = typer.Option(Path("results"), "--out", help="results store folder")
+# The shipped lab data is found from the package, never from the current folder (README "Paths").
+SHIPPED_LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
 
 
 def user_errors(fn):
@@ -218,8 +224,10 @@ def dynamics(out: Path = OUT,
 @user_errors
 def lab(ctx: typer.Context,
         quick: bool = typer.Option(False, "--quick", help="a reduced study (~3 minutes)"),
-        out: Path = OUT,
-        runs: Path = typer.Option(Path("runs"), "--runs", help="where the lab's runs go")):
+        out: Optional[Path] = typer.Option(None, "--out", help="results store folder, used as given [default: "
+                                           "results/, with --quick results/quick/]"),
+        runs: Optional[Path] = typer.Option(None, "--runs", help="where the lab's runs go, used as given [default: "
+                                            "runs/, with --quick runs/quick/]")):
     """The whole LoRA vs full-FT study on the shipped model organism, end to end (resumable)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -230,12 +238,14 @@ def lab(ctx: typer.Context,
 
 @lab_app.command("validate")
 @user_errors
-def lab_validate(out: Path = OUT,
-                 runs: Path = typer.Option(Path("runs"), "--runs", help="where the lab's runs go"),
+def lab_validate(out: Optional[Path] = typer.Option(None, "--out", help="results store folder, used as given "
+                                                   "[default: results/validate/]"),
+                 runs: Optional[Path] = typer.Option(None, "--runs", help="where the runs go, used as given "
+                                                     "[default: runs/validate/]"),
                  limit: Optional[int] = typer.Option(None, "--limit", help="problems per evaluation (default 60)")):
     """Validate the hypothesis test on ground truth: planted organism ("supported") vs control ("not supported").
 
-    Trains both for 60 steps, evaluates, runs phase / hypothesis / report into OUT/validate (resumable)."""
+    Trains both for 60 steps, evaluates, runs phase / hypothesis / report into OUT (resumable)."""
     from tina_probe.lab.study import run_lab
 
     run_lab(out=out, runs_root=runs, plan_name="validate", eval_limit=limit)
@@ -243,7 +253,7 @@ def lab_validate(out: Path = OUT,
 
 @lab_app.command("pretrain")
 @user_errors
-def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
+def lab_pretrain(out: Optional[Path] = typer.Option(None, "--out", help="[default: the shipped data/lab/base]"),
                  level: int = typer.Option(1, "--level", help="task difficulty level"),
                  formatted_share: float = typer.Option(0.3, "--formatted-share",
                                                        help="share of prompt wordings with well-formatted traces"),
@@ -259,6 +269,7 @@ def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
     """Pretrain a lab base model (a tiny Qwen2) on arithmetic traces and facts."""
     from tina_probe.lab.pretrain import PretrainConfig, pretrain
 
+    out = out if out is not None else SHIPPED_LAB / "base"
     path = pretrain(PretrainConfig(out=str(out), level=level, formatted_share=formatted_share, leak=leak,
                                    max_steps=max_steps, max_minutes=max_minutes, seed=seed, stop_at=stop_at,
                                    snapshot_every=snapshot_every,
@@ -268,17 +279,17 @@ def lab_pretrain(out: Path = typer.Option(Path("data/lab/base"), "--out"),
 
 @lab_app.command("data")
 @user_errors
-def lab_data(out: Path = typer.Option(Path("data/lab"), "--out")):
+def lab_data(out: Optional[Path] = typer.Option(None, "--out", help="[default: the shipped data/lab]")):
     """Regenerate the lab's task splits, facts and reference text (deterministic)."""
     from tina_probe.lab.tasks import write_lab_data
 
-    for name, path in write_lab_data(out).items():
+    for name, path in write_lab_data(out if out is not None else SHIPPED_LAB).items():
         typer.echo(f"{name}: {path}")
 
 
 @lab_app.command("measure")
 @user_errors
-def lab_measure(model: Path = typer.Option(Path("data/lab/base"), "--model"),
+def lab_measure(model: Optional[Path] = typer.Option(None, "--model", help="[default: the shipped data/lab/base]"),
                 benchmark: str = typer.Option("lab-test", "--benchmark"),
                 n: int = typer.Option(1, "--n"), temperature: float = typer.Option(1.0, "--temperature"),
                 out: Path = typer.Option(Path("results/base-card"), "--out"),
@@ -286,6 +297,7 @@ def lab_measure(model: Path = typer.Option(Path("data/lab/base"), "--model"),
     """Measure a lab base (accuracy, format, facts recall): the numbers in its MODEL_CARD.md."""
     from tina_probe.lab.measure import measure_base, write_model_card
 
+    model = model if model is not None else SHIPPED_LAB / "base"
     if not (model / "model.safetensors").is_file():
         raise TinaError(f"{model}: no model.safetensors (build one with `tina-probe lab pretrain`)")
     result = measure_base(model, benchmark=benchmark, n=n, temperature=temperature, out=out)

@@ -7,6 +7,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from tina_probe.eval_identical import format_rows, identical_to_base, stored_checks
 from tina_probe.store import Store
 
 SUMMARY_GROUPS = ("run", "step", "kind", "benchmark", "sampling")
@@ -15,7 +16,7 @@ SAMPLE_KEY_COLS = ["run", "step", "benchmark", "sampling", "problem_id", "sample
 
 def summarize(store: Store) -> dict[str, pd.DataFrame]:
     """Consolidate the samples parts present (the newest of each group: eval_sweep rule 6) and recompute the passk
-    and format tables from them."""
+    and format tables from them (format: with an identical_to_base row per LoRA group, eval_identical)."""
     from tina_probe.passk import format_table, passk_table
 
     samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS,
@@ -25,6 +26,9 @@ def summarize(store: Store) -> dict[str, pd.DataFrame]:
     groups = [c for c in SUMMARY_GROUPS if c in samples.columns]
     passk = passk_table(samples, group_cols=groups)
     fmt = format_table(samples, group_cols=groups)
+    same = identical_to_base(samples, stored_checks(store))
+    if not same.empty:
+        fmt = pd.concat([fmt, format_rows(same, groups)], ignore_index=True)
     store.write("passk", passk)
     store.write("format", fmt)
     return {"samples": samples, "passk": store.read("passk"), "format": store.read("format")}
@@ -55,23 +59,19 @@ def summary_frame(tables: dict[str, pd.DataFrame], runs: Iterable[str], sampling
 
 
 def print_summary(summary: pd.DataFrame) -> None:
-    """One rich table per run: step, pass@1 strict and lenient with CIs, format rate, mean length; best marked."""
-    from rich.console import Console
-    from rich.table import Table
+    """One table per run: step, pass@1 strict and lenient with CIs, format rate, mean length; best marked (rich on a
+    terminal, plain markdown in a log: tina_probe.console)."""
+    from tina_probe.console import print_table
 
     if summary.empty:
         return
-    console = Console()
 
     def ci(row, g):
         return f"{row[f'{g}_value']:.3f} [{row[f'{g}_ci_low']:.2f}, {row[f'{g}_ci_high']:.2f}]"
 
+    columns = ("benchmark", "step", "kind", "strict", "lenient", "format rate", "mean tokens", "best")
     for run, frame in summary.groupby("run", sort=False):
-        table = Table(title=f"{run}: pass@1 (95% CI)")
-        for col in ("benchmark", "step", "kind", "strict", "lenient", "format rate", "mean tokens", "best"):
-            table.add_column(col)
-        for _, row in frame.iterrows():
-            table.add_row(str(row["benchmark"]), str(row["step"]), str(row["kind"]), ci(row, "strict"),
-                          ci(row, "lenient"), f"{row.get('format_rate', float('nan')):.3f}",
-                          f"{row.get('mean_tokens', float('nan')):.1f}", "*" if row["best"] else "")
-        console.print(table)
+        rows = [(str(row["benchmark"]), str(row["step"]), str(row["kind"]), ci(row, "strict"), ci(row, "lenient"),
+                 f"{row.get('format_rate', float('nan')):.3f}", f"{row.get('mean_tokens', float('nan')):.1f}",
+                 "*" if row["best"] else "") for _, row in frame.iterrows()]
+        print_table(f"{run}: pass@1 (95% CI)", columns, rows)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from tqdm.auto import tqdm
 
+from tina_probe.console import print_table
 from tina_probe.errors import TinaError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +68,9 @@ def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Pop
     """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     out = open(log, "w") if log else None
-    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env, cwd=ROOT,
+    # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs in
+    # the user's folder like the command that started it.
+    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env,
                             stdout=out or None, stderr=subprocess.STDOUT if out else None)
 
 
@@ -120,10 +123,10 @@ def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
     if not todo:
         return run_dirs
     threads = max(1, (os.cpu_count() or 2) // plan.parallel)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TimeElapsedColumn(), console=console) as progress:
+    bars: dict[str, tqdm] = {}
+    try:
         pending = list(todo)
-        active: dict[str, tuple[subprocess.Popen, Path, int, str]] = {}
+        active: dict[str, tuple[subprocess.Popen, Path, str]] = {}
         while pending or active:
             while pending and len(active) < plan.parallel:
                 recipe, name, run_dir = pending.pop(0)
@@ -132,34 +135,40 @@ def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
                         "--set", f"name={name}"]
                 for o in plan.overrides:
                     args += ["--set", o]
-                task = progress.add_task(f"train {name}", total=_max_steps(recipe, plan))
-                active[name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir, task, recipe)
+                bars[name] = tqdm(total=_max_steps(recipe, plan), desc=f"train {name}", unit="step",
+                                  position=len(bars), leave=True, dynamic_ncols=True)
+                active[name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir, recipe)
             time.sleep(2)
-            for name, (proc, run_dir, task, recipe) in list(active.items()):
-                progress.update(task, completed=_latest_step(run_dir))
+            for name, (proc, run_dir, recipe) in list(active.items()):
+                bar = bars[name]
+                done = _latest_step(run_dir) - bar.n
+                if done > 0:  # only real progress redraws (in a log file every redraw is a new line)
+                    bar.update(done)
                 if proc.poll() is not None:
                     del active[name]
                     if proc.returncode != 0:
                         tail = (run_dir / "train.log").read_text().splitlines()[-3:]
                         raise TinaError(f"{run_dir / 'train.log'}: training {name} failed: {' | '.join(tail)}")
-                    progress.update(task, completed=progress.tasks[task].total)
+                    bar.update(bar.total - bar.n)
+    finally:
+        for bar in bars.values():
+            bar.close()
     return run_dirs
 
 
 def summarize(out: Path, run_dirs: list[Path]) -> None:
     """Print the study's summary: best checkpoint per run, the format transition, the verdicts."""
     import pandas as pd
-    from rich.table import Table
 
     def read(name):
         p = out / f"{name}.parquet"
         return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
 
     passk, summary, hyp = read("passk"), read("phase_summary"), read("hypothesis")
-    table = Table(title="tina-probe lab: best checkpoint per run (strict pass@1, sampled)")
-    for col in ("run", "kind", "base strict", "best step", "strict pass@1 [95% CI]", "lenient pass@1 [95% CI]",
-                "format transition", "format adaptation"):
-        table.add_column(col)
+    title = "tina-probe lab: best checkpoint per run (strict pass@1, sampled)"
+    columns = ("run", "kind", "base strict", "best step", "strict pass@1 [95% CI]", "lenient pass@1 [95% CI]",
+               "format transition", "format adaptation")
+    rows: list[tuple[str, ...]] = []
     names = [d.name for d in run_dirs]
     for run in names:
         p1 = passk[(passk.get("run") == run) & (passk.get("k") == 1)] if not passk.empty else passk
@@ -180,10 +189,10 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
         if not hyp.empty:
             v = hyp[(hyp.run == run) & (hyp.claim == "format_adaptation")]
             verdict = v.verdict.iloc[0] if not v.empty else "-"
-        table.add_row(run, str(best.kind), f"{base.iloc[0]:.1%}" if len(base) else "-", str(int(best.step)),
-                      f"{best.value:.1%} [{best.ci_low:.1%}, {best.ci_high:.1%}]",
-                      f"{len_row.value:.1%} [{len_row.ci_low:.1%}, {len_row.ci_high:.1%}]", trans, verdict)
-    console.print(table)
+        rows.append((run, str(best.kind), f"{base.iloc[0]:.1%}" if len(base) else "-", str(int(best.step)),
+                     f"{best.value:.1%} [{best.ci_low:.1%}, {best.ci_high:.1%}]",
+                     f"{len_row.value:.1%} [{len_row.ci_low:.1%}, {len_row.ci_high:.1%}]", trans, verdict))
+    print_table(title, columns, rows, console)
 
 
 def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
@@ -208,12 +217,22 @@ def _bases(plan: StudyPlan) -> set[str]:
     return {yaml.safe_load((RECIPES / f"{r}.yaml").read_text())["base"] for r in plan.recipes}
 
 
-def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path = Path("runs"),
+def study_folders(name: str, out: Path | None, runs_root: Path | None) -> tuple[Path, Path]:
+    """Where a study writes, as absolute paths: exactly OUT and RUNS when given; otherwise results[/SUB] and
+    runs[/SUB] in the current folder (SUB = quick | validate keeps reduced studies apart from the full one)."""
+    sub = SUBFOLDER[name]
+    out = Path(out) if out is not None else Path("results") / sub
+    runs_root = Path(runs_root) if runs_root is not None else Path("runs") / sub
+    return out.expanduser().resolve(), runs_root.expanduser().resolve()
+
+
+def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | None = None,
             plan_name: str | None = None, eval_limit: int | None = None) -> None:
     """Train, evaluate, analyse and report the lab study; every step resumes from what exists.
 
-    plan_name picks FULL, QUICK or VALIDATE (default: by `quick`); results go to OUT[/quick|/validate] and the
-    runs to RUNS[/quick|/validate]; eval_limit overrides the plan's number of problems."""
+    plan_name picks FULL, QUICK or VALIDATE (default: by `quick`); results go to OUT and the runs to RUNS (defaults
+    in `study_folders`), relative paths taken from the current folder; eval_limit overrides the plan's number of
+    problems."""
     from tina_probe.evaluate import run_eval
 
     name = plan_name or ("quick" if quick else "full")
@@ -223,10 +242,9 @@ def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path
     for need in sorted(_bases(plan)):
         if not (ROOT / need / "model.safetensors").is_file():
             raise TinaError(f"{ROOT / need}: the shipped lab base is missing (rebuild: see its MODEL_CARD.md)")
-    out, runs_root = Path(out), Path(runs_root)
-    if SUBFOLDER[name]:
-        out, runs_root = out / SUBFOLDER[name], runs_root / SUBFOLDER[name]
+    out, runs_root = study_folders(name, out, runs_root)
     t0 = time.time()
+    console.print(f"results -> {out}\nruns    -> {runs_root}", soft_wrap=True)
     console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
@@ -246,5 +264,5 @@ def run_lab(*, quick: bool = False, out: Path = Path("results"), runs_root: Path
     run_cli("hypothesis", "--out", str(out))
     run_cli("report", "--out", str(out))
     summarize(out, run_dirs)
-    console.print(f"done in {(time.time() - t0) / 60:.1f} min. Report: {out / 'report' / 'report.md'}")
-    console.print(f"Open the explorer: [bold]tina-probe app --out {out}[/]")
+    console.print(f"done in {(time.time() - t0) / 60:.1f} min. Report: {out / 'report' / 'report.md'}", soft_wrap=True)
+    console.print(f"Open the explorer: [bold]tina-probe app --out {out}[/]", soft_wrap=True)
