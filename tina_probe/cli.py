@@ -315,6 +315,23 @@ def lab_measure(model: Optional[Path] = typer.Option(None, "--model", help="[def
         typer.echo(f"model card: {write_model_card(model, result, title=card, purpose=purpose, benchmark=benchmark)}")
 
 
+@lab_app.command("real-base")
+@user_errors
+def lab_real_base(name: str = typer.Option("smollm2-135m-instruct", "--name", help="a known real base"),
+                  rebuild: bool = typer.Option(False, "--rebuild", help="convert again even if the cached copy is sound"),
+                  gguf: Optional[Path] = typer.Option(None, "--gguf", help="convert this GGUF file instead (needs --out)"),
+                  out: Optional[Path] = typer.Option(None, "--out", help="new folder for --gguf")):
+    """Fetch and convert a real pretrained base into the cache (recipes name it real:NAME); print its folder."""
+    from tina_probe.real.models import ensure_base, import_gguf
+
+    if gguf is not None:
+        if out is None:
+            raise TinaError(f"{gguf}: --gguf needs --out DIR (a new folder to write the model into)")
+        typer.echo(import_gguf(gguf, out))
+        return
+    typer.echo(ensure_base(name, rebuild=rebuild, progress=lambda m: typer.echo(m, err=True)))
+
+
 def main() -> None:  # pragma: no cover - console entry
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

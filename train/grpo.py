@@ -53,7 +53,11 @@ def hash_files(paths: list[Path]) -> str:
 
 
 def resolve_base(base: str, source: str) -> tuple[str, str | None]:
-    """A local base folder (absolute path, hash of its weights) or a hub id (hash None)."""
+    """A local base folder (absolute path, hash of its weights) or a hub id (hash None); `real:NAME` is the
+    cached folder of a real base (tina_probe.real, built on first use)."""
+    from tina_probe.real import resolve_model
+
+    base = resolve_model(base)
     p = Path(base).expanduser()
     if p.is_dir():
         weights = sorted(p.glob("*.safetensors"))
