@@ -39,6 +39,10 @@ class StudyPlan:
     probe_limit: int | None = 64
     spectra: bool = True
     retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
+    held_out: bool = True  # also evaluate each run's held-out split (its benchmark with "probe" for "test"), on
+    #                        which `phase`, `dynamics` and `hypothesis` pick the best checkpoint
+    extra_benchmarks: tuple[str, ...] = ()  # evaluated beside each run's own benchmark (e.g. a real benchmark)
+    max_tokens: int = 64
     extra: dict = field(default_factory=dict)
 
 
@@ -81,6 +85,20 @@ def run_cli(*args: str, threads: int = 2) -> None:
         raise TinaError(f"tina-probe {' '.join(args[:1])}: step failed (exit {proc.returncode}); rerun to resume")
 
 
+def _recipe(recipe: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())
+
+
+def eval_benchmarks(recipe: str, plan: StudyPlan) -> tuple[str, ...]:
+    """What a run of the plan is evaluated on: its recipe's benchmark, that benchmark's held-out split (the
+    `probe` split that selection pairs with `test`: analysis/selection.py), and the plan's extra benchmarks."""
+    test = _recipe(recipe).get("eval_benchmark", "lab-test")
+    held = (test.replace("test", "probe"),) if plan.held_out and "test" in test else ()
+    return tuple(dict.fromkeys((test, *held, *plan.extra_benchmarks)))
+
+
 def _manifest(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "tina_run.json").read_text())
@@ -89,9 +107,7 @@ def _manifest(run_dir: Path) -> dict:
 
 
 def _max_steps(recipe: str, plan: StudyPlan) -> int:
-    import yaml
-
-    steps = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())["grpo"]["max_steps"]
+    steps = _recipe(recipe)["grpo"]["max_steps"]
     for o in plan.overrides:
         if o.startswith("grpo.max_steps="):
             steps = int(o.split("=", 1)[1])
@@ -157,7 +173,8 @@ def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
 
 
 def summarize(out: Path, run_dirs: list[Path]) -> None:
-    """Print the study's summary: best checkpoint per run, the format transition, the verdicts."""
+    """Print the study's summary: the best checkpoint per run as `phase` chose it (on the held-out split where the
+    store has one, scored on the test split), the format transition, the verdicts."""
     import pandas as pd
 
     def read(name):
@@ -165,31 +182,33 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
         return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
 
     passk, summary, hyp = read("passk"), read("phase_summary"), read("hypothesis")
-    title = "tina-probe lab: best checkpoint per run (strict pass@1, sampled)"
-    columns = ("run", "kind", "base strict", "best step", "strict pass@1 [95% CI]", "lenient pass@1 [95% CI]",
-               "format transition", "format adaptation")
+    title = "tina-probe lab: best checkpoint per run (strict pass@1 on the test split, sampled)"
+    columns = ("run", "kind", "base strict", "best step (chosen on)", "strict pass@1 [95% CI]",
+               "lenient pass@1 [95% CI]", "format transition", "format adaptation")
     rows: list[tuple[str, ...]] = []
-    names = [d.name for d in run_dirs]
-    for run in names:
+    for run in [d.name for d in run_dirs]:
         p1 = passk[(passk.get("run") == run) & (passk.get("k") == 1)] if not passk.empty else passk
         if p1.empty:
             continue
-        strict = p1[p1.grading == "strict"].sort_values("step")
+        ph = summary[summary.run == run] if not summary.empty else summary
+        chosen = ph.dropna(subset=["best_step"]).iloc[0] if not ph.empty and ph["best_step"].notna().any() else None
+        bench = chosen["benchmark"] if chosen is not None else sorted(p1.benchmark.unique())[0]
+        p1 = p1[p1.benchmark == bench]
+        strict = p1[p1.grading == "strict"].set_index("step").sort_index()
         lenient = p1[p1.grading == "lenient"].set_index("step")
-        best = strict.loc[strict[strict.step > 0].value.idxmax()] if (strict.step > 0).any() else strict.iloc[0]
-        base = strict[strict.step == 0].value
-        len_row = lenient.loc[best.step]
+        trained = strict[strict.index > 0]
+        step = int(chosen["best_step"]) if chosen is not None else int(trained.value.idxmax()) if len(trained) else 0
+        on = str(chosen.get("best_chosen_on", bench)) if chosen is not None else bench
+        best, len_row = strict.loc[step], lenient.loc[step]
+        base = strict.value.get(0)
         trans = "-"
-        if not summary.empty and "transition_step" in summary:
-            ph = summary[(summary.run == run) & summary.transition_step.notna()]
-            if not ph.empty:  # the format transition as `tina-probe phase` placed it (phase_summary table)
-                r = ph.iloc[0]
-                trans = f"{r.transition_step:.0f} [{r.transition_low:.0f}, {r.transition_high:.0f}]"
+        if chosen is not None and pd.notna(chosen.get("transition_step")):  # as `tina-probe phase` placed it
+            trans = f"{chosen.transition_step:.0f} [{chosen.transition_low:.0f}, {chosen.transition_high:.0f}]"
         verdict = "-"
         if not hyp.empty:
             v = hyp[(hyp.run == run) & (hyp.claim == "format_adaptation")]
             verdict = v.verdict.iloc[0] if not v.empty else "-"
-        rows.append((run, str(best.kind), f"{base.iloc[0]:.1%}" if len(base) else "-", str(int(best.step)),
+        rows.append((run, str(best.kind), f"{base:.1%}" if base is not None else "-", f"{step} ({on})",
                      f"{best.value:.1%} [{best.ci_low:.1%}, {best.ci_high:.1%}]",
                      f"{len_row.value:.1%} [{len_row.ci_low:.1%}, {len_row.ci_high:.1%}]", trans, verdict))
     print_table(title, columns, rows, console)
@@ -212,9 +231,7 @@ def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
 
 def _bases(plan: StudyPlan) -> set[str]:
     """The base folders (relative to the project root) that a plan's recipes train from."""
-    import yaml
-
-    return {yaml.safe_load((RECIPES / f"{r}.yaml").read_text())["base"] for r in plan.recipes}
+    return {_recipe(r)["base"] for r in plan.recipes}
 
 
 def study_folders(name: str, out: Path | None, runs_root: Path | None) -> tuple[Path, Path]:
@@ -248,8 +265,12 @@ def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | N
     console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
-    run_eval([str(d) for d in run_dirs], n=plan.eval_n, temperature=1.0, max_tokens=64, seed=0, out=out,
-             limit=plan.eval_limit)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for recipe, run_dir in zip(plan.recipes, run_dirs):
+        groups.setdefault(eval_benchmarks(recipe, plan), []).append(str(run_dir))
+    for benches, dirs in groups.items():
+        run_eval(dirs, benchmarks=list(benches), n=plan.eval_n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
+                 out=out, limit=plan.eval_limit)
     ckpts = [str(d) for d in run_dirs]
     if plan.spectra:
         console.rule("update spectra")
@@ -260,7 +281,8 @@ def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | N
     probed = best_checkpoints(out, run_dirs) if plan.retention_at == "best" else ckpts
     run_cli("retention", "--ckpts", *probed, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
             "--out", str(out))
-    console.rule("hypothesis, report")
+    console.rule("series dynamics, hypothesis, report")
+    run_cli("dynamics", "--out", str(out))
     run_cli("hypothesis", "--out", str(out))
     run_cli("report", "--out", str(out))
     summarize(out, run_dirs)
