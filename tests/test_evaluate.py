@@ -394,3 +394,88 @@ def test_a_lora_on_a_tied_weight_is_never_merged_in_place(tiny_base, tmp_path):
         ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
         ref.append(tok.decode(ids, skip_special_tokens=True))
     assert texts[None] == texts[True] == ref
+
+
+def _zero_b_copy(src: Path, dst: Path) -> Path:
+    """A copy of an adapter folder with every lora_B set to zero (B A = 0: the base, unchanged)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v.zero_() if ".lora_B" in k else v for k, v in tensors.items()}, str(weights))
+    return dst
+
+
+def test_a_lora_identical_to_its_base_is_flagged_and_warned(runs_dir, tmp_path, caplog):
+    """A zero-B adapter (checkpoint-30) gets identical_to_base 1.0 in the format table and one warning line naming it;
+    the random adapters get 0.0; with greedy decoding (real tiny Qwen2) its completions also equal the base's. The
+    other format rows are exactly format_table's, and passk/samples know nothing of the check."""
+    import logging
+
+    from tina_probe.passk import format_table
+
+    lora = runs_dir / "lab-lora"
+    _zero_b_copy(lora / "checkpoint-10", lora / "checkpoint-30")
+    greedy = {**SETTINGS, "n": 1, "temperature": 0.0}
+    with caplog.at_level(logging.WARNING):
+        tables = run_eval([str(lora)], out=tmp_path / "res", generator=HFGenerator(), **greedy)
+    fmt = tables["format"]
+    same = fmt[fmt.metric == "identical_to_base"].set_index("step")
+    assert same["value"].to_dict() == {10: 0.0, 20: 0.0, 30: 1.0}
+    assert (same["kind"] == "lora").all() and same["ci_low"].isna().all() and same["ci_high"].isna().all()
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "checkpoint-30" in msgs[0] and "all zeros" in msgs[0]
+    s = tables["samples"]
+    by_step = s.sort_values(["problem_id", "sample_idx"]).groupby("step")["completion"].apply(tuple)
+    assert by_step[30] == by_step[0] != by_step[10]  # the zero adapter generates the base's completions
+    groups = ["run", "step", "kind", "benchmark", "sampling"]
+    pd.testing.assert_frame_equal(fmt[fmt.metric != "identical_to_base"].reset_index(drop=True),
+                                  format_table(s, group_cols=groups), check_dtype=False)
+    assert "identical_to_base" not in set(tables["passk"].columns) | set(s.columns)
+    # a rerun generates nothing, keeps the flags and warns again
+    caplog.clear()
+    again = Counting(HFGenerator())
+    with caplog.at_level(logging.WARNING):
+        second = run_eval([str(lora)], out=tmp_path / "res", generator=again, **greedy)
+    assert again.calls == []
+    pd.testing.assert_frame_equal(second["format"], fmt)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_greedy_completions_equal_to_the_base_are_flagged_only_when_greedy(runs_dir, tmp_path, tiny_base):
+    """Planted completions: checkpoint-20 answers exactly as the base, checkpoint-10 does not. Under greedy decoding
+    checkpoint-20 is identical_to_base; under sampling (T=1) equal samples prove nothing, so no flag; and a LoRA
+    group without its base (steps without 0) is not flagged either."""
+    right = {tiny_base.name: 1, "checkpoint-10": 0, "checkpoint-20": 1}
+    run = [str(runs_dir / "lab-lora")]
+
+    def flags(**kw):
+        fmt = run_eval(run, generator=Planted(right), **{**SETTINGS, **kw})["format"]
+        return fmt[fmt.metric == "identical_to_base"].set_index("step")["value"].to_dict()
+
+    assert flags(out=tmp_path / "greedy", temperature=0.0) == {10: 0.0, 20: 1.0}
+    assert flags(out=tmp_path / "sampled", temperature=1.0) == {10: 0.0, 20: 0.0}
+    assert flags(out=tmp_path / "no-base", temperature=0.0, steps={10, 20}) == {10: 0.0, 20: 0.0}
+
+
+def test_identical_to_base_by_hand():
+    """The pure rule on hand-made rows: equal completions on every problem (greedy) or a zero adapter; a problem
+    missing or one completion different is not identical."""
+    from tina_probe.eval_identical import identical_to_base
+
+    def rows(step, kind, texts, temperature=0.0):
+        return pd.DataFrame({"run": "r", "step": step, "kind": kind, "benchmark": "b", "sampling": "greedy",
+                             "temperature": temperature, "problem_id": [f"p{i}" for i in range(len(texts))],
+                             "sample_idx": 0, "completion": texts})
+
+    base = rows(0, "base", ["a", "b", "c"])
+    samples = pd.concat([base, rows(1, "lora", ["a", "b", "c"]), rows(2, "lora", ["a", "b", "x"]),
+                         rows(3, "lora", ["a", "b"]), rows(4, "lora", ["q", "q", "q"])], ignore_index=True)
+    checks = pd.DataFrame({"run": ["r"], "step": [4], "benchmark": ["b"], "sampling": ["greedy"],
+                           "zero_update": [True]})
+    got = identical_to_base(samples, checks).set_index("step")
+    assert got["greedy_same"].to_dict() == {1: True, 2: False, 3: False, 4: False}
+    assert got["identical"].to_dict() == {1: True, 2: False, 3: False, 4: True}

@@ -286,3 +286,27 @@ def test_an_adapter_on_a_tied_lm_head_passes_discovery(tiny_base, tmp_path):
     (run / "tina_run.json").write_text(json.dumps({"name": "tied-run", "base": str(tiny_base)}))
     (found,) = discover_runs([run])
     assert [c.step for c in found.checkpoints] == [0, 5]
+
+
+def test_an_all_zero_update_is_told_from_the_adapter_file(runs_dir, tiny_base, tmp_path):
+    """lora_update_is_zero: B = 0 (or A = 0) in every pair is no update; the fixture's random adapters are one; an
+    adapter that also saves other tensors (embeddings) changes the model on its own."""
+    from safetensors.torch import load_file, save_file
+
+    from tina_probe.runs import lora_update_is_zero
+
+    ckpt = runs_dir / "lab-lora" / "checkpoint-10"
+    assert not lora_update_is_zero(ckpt)
+    weights = ckpt / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    for factor in (".lora_B", ".lora_A"):
+        save_file({k: v.clone().zero_() if factor in k else v for k, v in tensors.items()}, str(weights))
+        assert lora_update_is_zero(ckpt)
+    one_pair = sorted(k for k in tensors if ".lora_B" in k)[0]  # all but one pair zero: an update
+    save_file({k: v if k == one_pair or ".lora_A" in k else v.clone().zero_() for k, v in tensors.items()},
+              str(weights))
+    assert not lora_update_is_zero(ckpt)
+    extra = {k: v.clone().zero_() if ".lora_B" in k else v for k, v in tensors.items()}
+    extra["base_model.model.model.embed_tokens.weight"] = tensors[one_pair].clone()
+    save_file(extra, str(weights))
+    assert not lora_update_is_zero(ckpt)

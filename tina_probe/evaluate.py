@@ -3,7 +3,7 @@
 The whole way in run_eval: discover the runs (runs.py: each checkpoint's identity read there, once), plan the units
 and their keys (eval_units.py), run the sweep (eval_sweep.py: what is done, replaced, brought back; its docstring
 holds the rules), each unit's completions generated and graded (eval_generate.py), then the summary tables
-(eval_summary.py)."""
+(eval_summary.py), with a check that each LoRA checkpoint changes its base at all (eval_identical.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from tina_probe.errors import TinaError
 from tina_probe.eval_generate import graded_fields
+from tina_probe.eval_identical import record_adapter_checks, stored_checks, warn_identical
 from tina_probe.eval_summary import SAMPLE_KEY_COLS, print_summary, summarize, summary_frame
 from tina_probe.eval_sweep import GroupParts, needs_generation, sweep
 from tina_probe.eval_units import benchmarks_for, plan_units, sampling_label, shard_units
@@ -64,7 +65,9 @@ def run_eval(
     finally:
         if gen is not None and generator is None:
             gen.close()
+    record_adapter_checks(store, units, settings)
     tables = summarize(store)
+    warn_identical(tables["format"], stored_checks(store), units)
     if show:
         print_summary(summary_frame(tables, [r.name for r in runs], sampling_label(settings)))
     return tables

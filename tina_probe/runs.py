@@ -139,6 +139,20 @@ def _adapter_problem(folder: Path, base: str | None) -> str | None:
     return None
 
 
+def lora_update_is_zero(folder: Path | str) -> bool:
+    """Whether an adapter leaves its base unchanged: every lora_A/lora_B pair has an all-zero factor (B A = 0) and
+    it holds no other tensors (modules_to_save, DoRA magnitudes or embedding LoRAs change the model on their own).
+    Reads the tensors, so it is asked only when eval records its checks."""
+    pairs: dict[str, list[bool]] = {}
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as fh:
+        for key in fh.keys():
+            m = _LORA_TENSOR.match(key)
+            if not m:
+                return False
+            pairs.setdefault(m.group(1), []).append(not bool(fh.get_tensor(key).any()))
+    return bool(pairs) and all(any(zero) for zero in pairs.values())
+
+
 def _weights_problem(folder: Path, kind: str, base: str | None = None) -> str | None:
     """Why a checkpoint's weights are unusable (missing, truncated, missing or broken config, an adapter that does
     not fit `base`), or None when fine."""

@@ -25,7 +25,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 FORMAT = 1  # see the module docstring; bump it when a writer's parts change layout
 FORMAT_FILE = "format.json"  # in <root>/.parts/
 # which command rebuilds the rows of a part table (every other table: the command of its name)
-_REBUILT_BY = {"samples": "eval / grade", "base_samples": "eval / grade", "samples_superseded": "eval / grade"}
+_REBUILT_BY = {t: "eval / grade" for t in ("samples", "base_samples", "samples_superseded", "adapter_checks")}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -210,7 +210,7 @@ class Store:
         os.utime(self.part_path(table, key))
 
     def consolidate(self, table: str, key_cols: list[str] | None = None, sort_by: list[str] | None = None,
-                    newest_per_key_prefix: bool = False, newest_last: bool = False) -> pd.DataFrame:
+                    newest_per_key_prefix: bool = False, newest_last: bool = False, write: bool = True) -> pd.DataFrame:
         """Concatenate the parts present (in key order; newest_last: in the order they were written), drop
         duplicate rows, write the table atomically.
 
@@ -218,7 +218,7 @@ class Store:
         `newest_per_key_prefix`: of parts keyed '<prefix>-<rest>' only the one written last per prefix is read (its
         replacements are moved away when written; this covers a crash between the write and the move); parts
         without a prefix are all read. A part moved away meanwhile (another process) is left out.
-        `sort_by` orders the rows (stable) before writing."""
+        `sort_by` orders the rows (stable) before writing; write=False returns them without writing a table."""
         folder = self._part_dir(table)
         keys = sorted(self.part_keys(table))
         if newest_per_key_prefix or newest_last:
@@ -241,5 +241,7 @@ class Store:
         df = df.drop_duplicates(subset=subset or None, keep="last")
         if sort_by:
             df = df.sort_values([c for c in sort_by if c in df.columns], kind="stable")
+        if not write:
+            return df.reset_index(drop=True)
         self.write(table, df.reset_index(drop=True))
         return self.read(table)  # as stored: dtypes exactly as every later reader sees them
