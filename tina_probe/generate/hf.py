@@ -145,7 +145,7 @@ class HFGenerator:
         from peft import PeftModel
 
         key = str(Path(adapter).resolve())
-        if self.merge:
+        if self.merge and not self._touches_shared(Path(key)):  # merging into a tied weight changes its twin too
             if self._merged_copy is None or self._merged_copy[0] != key:
                 self._merged_copy = None
                 merged = PeftModel.from_pretrained(copy.deepcopy(self.model), key, is_trainable=False)
@@ -165,6 +165,24 @@ class HFGenerator:
             yield wrapped
         finally:
             self.model = wrapped.unload()  # the base's own modules back in place
+
+    def _touches_shared(self, adapter: Path) -> bool:
+        """Whether an adapter's tensors (read from the safetensors header only) name a module whose weight is shared
+        with another parameter (the tied lm_head / embed_tokens)."""
+        from safetensors import safe_open
+
+        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+            names = list(f.keys())
+        shared = {name for name, module in self.model.named_modules()
+                  if getattr(getattr(module, "weight", None), "data_ptr", None) is not None
+                  and module.weight.data_ptr() in self._shared}
+        for key in names:
+            path = key.removeprefix("base_model.model.")
+            for marker in (".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B", ".base_layer", ".weight"):
+                path = path.split(marker)[0]
+            if path in shared:
+                return True
+        return False
 
     def _mergeable(self, lora: PlainLora, *, forced: bool) -> bool:
         """Whether `lora` may be merged in place: never into a weight shared with another parameter (a LoRA on the
