@@ -253,3 +253,103 @@ def test_a_broken_cached_folder_is_rebuilt(monkeypatch, tmp_path, real_base):
     for name in ("model.safetensors", "config.json", "tokenizer.json"):  # the same conversion again
         assert again[name] == first[name], name
     shutil.rmtree(cache)
+
+
+# ----------------------------------------------------------------------------- training and evaluation on it
+
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
+# 2 GRPO steps of 2 prompts x 2 generations of <= 16 tokens: the recipes' own data, rewards and schedule otherwise
+TINY_REAL = ["grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=16", "grpo.prompts_per_step=2",
+             "grpo.num_generations=2", "dataset.limit=8"]
+
+
+@pytest.fixture(scope="module")
+def real_runs(real_base, tmp_path_factory) -> Path:
+    """2 GRPO steps each of real-lora and real-full on the real base, through `tina-probe train` (base real:NAME)."""
+    from tina_probe.cli import app
+
+    out = tmp_path_factory.mktemp("real-runs")
+    for recipe in ("real-lora", "real-full"):
+        sets = [x for s in TINY_REAL for x in ("--set", s)]
+        res = CliRunner().invoke(app, ["train", "--recipe", str(RECIPES / f"{recipe}.yaml"), "--out", str(out),
+                                       *sets], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.slow
+def test_two_grpo_steps_lora_and_full_on_the_real_base(real_runs, real_base):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from tina_probe.runs import discover_runs
+
+    runs = {r.name: r for r in discover_runs([str(real_runs / "real-lora"), str(real_runs / "real-full")])}
+    for name, kind in (("real-lora", "lora"), ("real-full", "full")):
+        run = runs[name]
+        assert run.kind == kind and Path(run.base) == real_base
+        assert [c.step for c in run.checkpoints] == [0, 1, 2] and run.checkpoints[0].kind == "base"
+        manifest = json.loads((real_runs / name / "tina_run.json").read_text())
+        assert manifest["status"] == "complete" and manifest["global_step"] == 2
+        assert manifest["recipe"]["base"] == "real:smollm2-135m-instruct" and Path(manifest["base"]) == real_base
+        state = json.loads((real_runs / name / "checkpoint-2" / "trainer_state.json").read_text())
+        assert {"rewards/accuracy/mean", "rewards/format/mean"} <= set().union(*state["log_history"])
+    # LoRA on every Llama projection of every layer (names as in the base)
+    with safe_open(str(real_runs / "real-lora" / "checkpoint-2" / "adapter_model.safetensors"), "pt") as f:
+        modules = {k.split(".lora_")[0].split("base_model.model.")[1] for k in f.keys()}
+    assert modules == {f"model.layers.{i}.{part}" for i in range(30) for part in
+                       ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    # full FT: tied embeddings saved once, reloaded tied
+    full = real_runs / "real-full" / "checkpoint-2"
+    with safe_open(str(full / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in set(f.keys()) and "model.embed_tokens.weight" in set(f.keys())
+    model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32, use_safetensors=True)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def _reference_greedy(model_dir: Path, tokenizer_dir: Path, prompts: list[str], max_tokens: int,
+                      adapter: Path | None = None) -> list[str]:
+    """Plain transformers (+ peft) greedy generation through the chat template, one prompt at a time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True).eval()
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    out = []
+    for p in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            seq = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+        out.append(tok.decode(seq[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@pytest.mark.slow
+def test_eval_of_a_few_problems_matches_plain_transformers(real_runs, real_base, tmp_path):
+    """`eval` on the real task (3 problems, greedy) for the base, a LoRA and a full checkpoint: the same completions
+    as plain transformers + peft through the chat template; graded rows in the store schema."""
+    from tina_probe.benchmarks import load_benchmark
+    from tina_probe.evaluate import run_eval
+
+    tables = run_eval([str(real_runs / "real-lora"), str(real_runs / "real-full")], benchmarks=["real-test"], n=1,
+                      temperature=0.0, max_tokens=16, limit=3, out=tmp_path, show=False)
+    samples = tables["samples"]
+    assert {"run", "step", "kind", "benchmark", "problem_id", "completion", "correct_strict", "correct_lenient",
+            "think_closed", "boxed", "truncated", "n_tokens"} <= set(samples.columns)
+    assert len(samples) == 3 * 3 * 2  # 3 problems x steps 0, 1, 2 x 2 runs (the base counted in each run)
+    prompts = [p.prompt for p in load_benchmark("real-test", limit=3).problems]
+
+    def got(run, step):
+        rows = samples[(samples.run == run) & (samples.step == step)].sort_values("problem_id")
+        return rows.completion.tolist()
+
+    assert got("real-lora", 0) == _reference_greedy(real_base, real_base, prompts, 16)
+    lora = real_runs / "real-lora" / "checkpoint-2"
+    assert got("real-lora", 2) == _reference_greedy(real_base, real_base, prompts, 16, adapter=lora)
+    full = real_runs / "real-full" / "checkpoint-2"
+    assert got("real-full", 2) == _reference_greedy(full, real_base, prompts, 16)

@@ -332,6 +332,28 @@ def lab_real_base(name: str = typer.Option("smollm2-135m-instruct", "--name", he
     typer.echo(ensure_base(name, rebuild=rebuild, progress=lambda m: typer.echo(m, err=True)))
 
 
+@lab_app.command("real-task")
+@user_errors
+def lab_real_task(measure: bool = typer.Option(False, "--measure", help="sample every task candidate on the real "
+                                               "base; write data/real/<base>.measure.json and its model card"),
+                  write: bool = typer.Option(False, "--write", help="write the chosen task's splits to data/real/"),
+                  name: str = typer.Option("smollm2-135m-instruct", "--name", help="the real base to measure"),
+                  n_problems: int = typer.Option(64, "--problems"), n: int = typer.Option(4, "--n"),
+                  max_tokens: int = typer.Option(64, "--max-tokens")):
+    """The real base's RL task: measure the candidates (--measure) and/or rewrite the shipped splits (--write)."""
+    if not (measure or write):
+        raise TinaError("lab real-task: say --measure, --write or both")
+    if write:
+        from tina_probe.real.tasks import write_task_data
+
+        for split, path in write_task_data().items():
+            typer.echo(f"{split}: {path}")
+    if measure:
+        from tina_probe.real.measure import measure_and_record
+
+        measure_and_record(name, n_problems=n_problems, n=n, max_tokens=max_tokens)
+
+
 def main() -> None:  # pragma: no cover - console entry
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
