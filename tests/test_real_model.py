@@ -353,3 +353,50 @@ def test_eval_of_a_few_problems_matches_plain_transformers(real_runs, real_base,
     assert got("real-lora", 2) == _reference_greedy(real_base, real_base, prompts, 16, adapter=lora)
     full = real_runs / "real-full" / "checkpoint-2"
     assert got("real-full", 2) == _reference_greedy(full, real_base, prompts, 16)
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def test_real_task_splits_are_disjoint_seeded_and_shipped(tmp_path):
+    from tina_probe.grading import grade
+    from tina_probe.real import tasks
+
+    splits = tasks.make_splits(tasks.CHOSEN_TASK)
+    questions = [{p.question for p in rows} for rows in splits.values()]
+    assert sum(map(len, questions)) == len(set().union(*questions))  # disjoint, and no duplicates inside a split
+    assert [p.question for p in tasks.make_splits(tasks.CHOSEN_TASK)["test"]] == [p.question for p in splits["test"]]
+    assert tasks.make_splits(tasks.CHOSEN_TASK, seed=1)["test"][0] != splits["test"][0]
+    tasks.write_task_data(tmp_path)
+    for split in ("train", "test", "probe"):  # the shipped files are what the generator writes
+        assert (tmp_path / f"{split}.jsonl").read_text() == (tasks.DATA / f"{split}.jsonl").read_text()
+    for name in tasks.CANDIDATES:  # every answer is the exact value of its question (brute force: re-read it)
+        for p in tasks.make_splits(name, sizes=tasks.SplitSizes(train=0, test=40, probe=0))["test"]:
+            assert int(p.answer) == _solve(p.question), p.question
+            assert grade(f"<think>x</think> \\boxed{{{p.answer}}}", p.answer).correct_strict
+
+
+def _solve(question: str) -> int:
+    """Independent reading of a candidate's question: arithmetic in digits or words, or a story's sentences."""
+    import re
+
+    from tina_probe.real.tasks import NUMBER_WORDS
+
+    words = {w: i for i, w in enumerate(NUMBER_WORDS)}
+    m = re.fullmatch(r"What is (\w+) (plus|minus|\+|-|\*) (\w+)\?", question)
+    if m:
+        a, op, b = m.groups()
+        a, b = (int(x) if x.isdigit() else words[x] for x in (a, b))
+        return {"plus": a + b, "+": a + b, "minus": a - b, "-": a - b, "*": a * b}[op]
+    if question.startswith(("Solve", "Compute", "What is", "Evaluate", "Calculate", "Find", "Work", "Determine",
+                            "Give", "How much")):  # the lab's expressions
+        return eval(re.search(r"[\d(][\d()+\-*]*", question).group(0))  # digits, parentheses, + - * only
+    have = int(re.search(r"has (\d+)", question).group(1))
+    for s in re.split(r"(?<=\.) ", question):
+        if m := re.search(r"gets (\d+) more", s):
+            have += int(m.group(1))
+        elif m := re.search(r"gives (\d+) ", s):
+            have -= int(m.group(1))
+        elif m := re.search(r"buys (\d+) \w+ with (\d+)", s):
+            have += int(m.group(1)) * int(m.group(2))
+    return have
