@@ -29,6 +29,11 @@ INTRUDER_K = 10
 DEFAULT_PAIR_RANK = 8
 PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+# PEFT's LoRA of an nn.Embedding: lora_embedding_A (r x vocab), lora_embedding_B (dim x r), no `.weight` suffix;
+# ΔW of the (vocab x dim) weight is scale·(B·A)ᵀ
+_LORA_EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.lora_embedding_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+EMBEDDING, LM_HEAD = "embed_tokens", "lm_head"
+TIED_NOTE = "tied embeddings: lm_head is this same matrix; its update is counted once, here"
 _LAYER = re.compile(r"(?:^|\.)(?P<suffix>layers\.(?P<layer>\d+)\..+)$")
 
 
@@ -64,6 +69,8 @@ class SpectrumRow:
     sparsity_bf16: float | None = None
     subspace_sim_prev: float | None = None
     module_path: str = ""  # layers.N.<...>.<module> (the key that pairs modules across checkpoints)
+    tied: bool = False    # the matrix is shared by two modules (tied embeddings: embed_tokens is lm_head)
+    note: str = ""        # what a reader must know about the row (e.g. the tie, counted once)
 
 
 COLUMNS = [f for f in SpectrumRow.__dataclass_fields__]
@@ -213,8 +220,13 @@ def _weight_index(weights: SafetensorsWeights, *, layers_only: bool = True) -> d
 
 
 def _base_folder(ckpt, base_dir, settings: LoraSettings | None) -> Path | None:
-    """The local base-model folder: base_dir, else the checkpoint's base, else the adapter's base; None if not local."""
+    """The local base-model folder: base_dir, else the checkpoint's base, else the adapter's base; None if not local.
+    A real base named `real:NAME` is its cached folder (tina_probe.real; built on first use)."""
+    from tina_probe.real import is_real_name, resolve_model
+
     for cand in (base_dir, getattr(ckpt, "base", None), settings.base if settings else None):
+        if cand and is_real_name(str(cand)):
+            cand = resolve_model(str(cand))
         if cand and Path(cand).expanduser().is_dir():
             return Path(cand).expanduser()
     return None
@@ -290,11 +302,16 @@ def base_metrics(U: np.ndarray, r: int, *, W0: np.ndarray, U0: np.ndarray, s0: n
 # ----------------------------------------------------------------------------- per checkpoint
 
 
-def _lora_modules(adapter: SafetensorsWeights, path: Path) -> dict[str, tuple[str, str]]:
-    """module path -> (lora_A key, lora_B key); a half pair is an error."""
+def _lora_modules(adapter: SafetensorsWeights, path: Path) -> dict[str, tuple[str, str, bool]]:
+    """module path -> (A key, B key, is an embedding LoRA); a half pair is an error."""
     halves: dict[str, dict[str, str]] = {}
+    embedding: set[str] = set()
     for key in adapter.keys():
         m = _LORA_KEY.match(key)
+        if m is None:
+            m = _LORA_EMBEDDING_KEY.match(key)
+            if m is not None:
+                embedding.add(m.group("module"))
         if m:
             halves.setdefault(m.group("module"), {})[m.group("ab")] = key
     if not halves:
@@ -302,8 +319,61 @@ def _lora_modules(adapter: SafetensorsWeights, path: Path) -> dict[str, tuple[st
     for module, pair in halves.items():
         if set(pair) != {"A", "B"}:
             missing = "lora_B" if "A" in pair else "lora_A"
-            raise TinaError(f"{path}: {module}.{missing}.weight missing")
-    return {m: (p["A"], p["B"]) for m, p in halves.items()}
+            if module in embedding:
+                missing = missing.replace("lora_", "lora_embedding_")
+            raise TinaError(f"{path}: {module}.{missing}{'' if module in embedding else '.weight'} missing")
+    return {m: (p["A"], p["B"], m in embedding) for m, p in halves.items()}
+
+
+def _tied_config(*folders: Path | None) -> bool | None:
+    """tie_word_embeddings from the first config.json that says (a nested text_config too); None if none does."""
+    for folder in folders:
+        if folder is None:
+            continue
+        try:
+            cfg = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for part in (cfg, cfg.get("text_config") if isinstance(cfg, dict) else None):
+            if isinstance(part, dict) and isinstance(part.get("tie_word_embeddings"), bool):
+                return part["tie_word_embeddings"]
+    return None
+
+
+def _embedding_keys(weights: SafetensorsWeights) -> dict[str, str]:
+    """'embed_tokens' / 'lm_head' -> the key of that 2-D matrix outside the decoder layers (those present)."""
+    out = {}
+    for key in weights.keys():
+        if not key.endswith(".weight") or len(weights.shape(key)) != 2:
+            continue
+        layer, module, _ = split_module(key[: -len(".weight")])
+        if layer < 0 and module in (EMBEDDING, LM_HEAD):
+            out.setdefault(module, key)
+    return out
+
+
+def _canon_of(key: str) -> str:
+    return split_module(key[: -len(".weight")])[2]
+
+
+def embedding_pairs(weights: SafetensorsWeights, base: SafetensorsWeights, *, tied: bool | None
+                    ) -> list[tuple[str, str, str, bool]]:
+    """(canonical path, checkpoint key, base key, tied) of the vocabulary matrices a full fine-tune changed.
+
+    Tied (config's tie_word_embeddings, or only one of the two matrices saved): one matrix, whichever name the file
+    kept (transformers saves embed_tokens and drops lm_head), so its update is analysed once, as embed_tokens.
+    Untied: embed_tokens and lm_head each. A matrix missing on one side is left out."""
+    mine, theirs = _embedding_keys(weights), _embedding_keys(base)
+    if tied is None:
+        tied = len(mine) < 2 and len(theirs) < 2 and bool(mine) and bool(theirs)
+    if tied:
+        key_t = mine.get(EMBEDDING) or mine.get(LM_HEAD)
+        key_0 = theirs.get(EMBEDDING) or theirs.get(LM_HEAD)
+        if key_t is None or key_0 is None:
+            return []
+        canon = _canon_of(key_0) if EMBEDDING in theirs and EMBEDDING not in mine else _canon_of(key_t)
+        return [(canon, key_t, key_0, True)]
+    return [(_canon_of(mine[m]), mine[m], theirs[m], False) for m in (EMBEDDING, LM_HEAD) if m in mine and m in theirs]
 
 
 def _lora_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool) -> list[tuple[dict, np.ndarray]]:
@@ -317,8 +387,12 @@ def _lora_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
     base_folder = _base_folder(ckpt, base_dir, settings)
     base = SafetensorsWeights(base_folder) if base_folder else None
     base_index = _weight_index(base, layers_only=False) if base else {}
+    if base is not None and LM_HEAD not in base_index and _tied_config(base_folder) is not False:
+        vocab = _embedding_keys(base)  # a tied base saves one vocabulary matrix: an adapted lm_head finds it there
+        if EMBEDDING in vocab:
+            base_index[LM_HEAD] = vocab[EMBEDDING]
     out = []
-    for module_path, (key_a, key_b) in sorted(pairs.items()):
+    for module_path, (key_a, key_b, is_embedding) in sorted(pairs.items()):
         name = module_path[len(PEFT_PREFIX):] if module_path.startswith(PEFT_PREFIX) else module_path
         A, B = adapter.get(key_a), adapter.get(key_b)
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
@@ -328,7 +402,9 @@ def _lora_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
             raise TinaError(f"{path}: {name}: tensors have rank {A.shape[0]} but adapter_config says r={r_cfg}")
         scale = settings.scale(name)
         U, s, V = sm.lora_svd(A, B, scale)
-        if settings.fan_in_fan_out:  # Conv1D layout: the weight is (in, out), so ΔW_weight = (s·B·A)ᵀ
+        # Conv1D layout (fan_in_fan_out) and embeddings store the weight as (in, out): ΔW_weight = (s·B·A)ᵀ
+        transposed = settings.fan_in_fan_out or is_embedding
+        if transposed:
             U, V = V, U
         fro = float(np.sqrt(np.sum(s**2)))
         layer, module, canon = split_module(name)
@@ -340,14 +416,14 @@ def _lora_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
             if key0 is None:
                 raise TinaError(f"{base_folder}: no base weight for adapted module {name}")
             W0 = base.get(key0)
-            out_dim, in_dim = (B.shape[0], A.shape[1]) if not settings.fan_in_fan_out else (A.shape[1], B.shape[0])
+            out_dim, in_dim = (B.shape[0], A.shape[1]) if not transposed else (A.shape[1], B.shape[0])
             if W0.shape != (out_dim, in_dim):
                 raise TinaError(f"{path}: {name}: ΔW is {(out_dim, in_dim)} but the base weight is {W0.shape}")
             U0, s0 = cache.get(W0)
             W_t = delta = None
             if intruders:
                 delta = (scale * (B @ A)).astype(np.float32)
-                delta = delta.T if settings.fan_in_fan_out else delta
+                delta = delta.T if transposed else delta
                 W_t = W0 + delta
             row.update(base_metrics(U, r, W0=W0, U0=U0, s0=s0, fro=fro, W_t=W_t, delta=delta))
         out.append((row, U[:, :r]))
@@ -356,7 +432,8 @@ def _lora_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
 
 def _full_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool, method: str,
                pair_rank: int) -> list[tuple[dict, np.ndarray]]:
-    """(row fields, top-r left basis) per decoder-layer matrix of a full fine-tune, ΔW = W_t − W_0."""
+    """(row fields, top-r left basis) per matrix of a full fine-tune, ΔW = W_t − W_0: every decoder-layer matrix,
+    then the vocabulary matrices (embed_tokens, lm_head; once when tied, see embedding_pairs)."""
     path = Path(ckpt.path)
     weights = SafetensorsWeights(path)
     base_folder = _base_folder(ckpt, base_dir, None)
@@ -370,11 +447,21 @@ def _full_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
     missing = sorted(set(base_index) - set(index))
     if missing:
         raise TinaError(f"{path}: {len(missing)} weight(s) of the base missing, e.g. {missing[0]}.weight")
-    out = []
+    jobs = []  # (canonical path, checkpoint key, base key, tied)
     for canon, key in sorted(index.items()):
         key0 = base_index.get(canon)
         if key0 is None:
             raise TinaError(f"{base_folder}: base has no weight for {key}")
+        jobs.append((canon, key, key0, False))
+    tied = _tied_config(path, base_folder)
+    for canon, key, key0, is_tied in embedding_pairs(weights, base, tied=tied):
+        if weights.shape(key) != base.shape(key0):  # a resized vocabulary: no update to take
+            log.warning("spectra: %s: %s is %s but the base's %s is %s (vocabulary resized); left out", path, key,
+                        weights.shape(key), key0, base.shape(key0))
+            continue
+        jobs.append((canon, key, key0, is_tied))
+    out = []
+    for canon, key, key0, is_tied in jobs:
         W_t, W0 = weights.get(key), base.get(key0)
         if W_t.shape != W0.shape:
             raise TinaError(f"{path}: {key} is {W_t.shape} but the base's is {W0.shape}")
@@ -384,7 +471,7 @@ def _full_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
         k = max(top, r)
         U, s = sm.dense_svd(delta, top=k, method=method)
         layer, module, _ = split_module(canon)
-        row = dict(layer=layer, module=module, module_path=canon)
+        row = dict(layer=layer, module=module, module_path=canon, tied=is_tied, note=TIED_NOTE if is_tied else "")
         row.update(update_metrics(U, s, fro, r=r, top=top, complete=method == "dense"))
         U0, s0 = cache.get(W0)
         row.update(base_metrics(U, r, W0=W0, U0=U0, s0=s0, fro=fro, W_t=W_t if intruders else None, delta=delta))
@@ -397,6 +484,8 @@ def _full_rows(ckpt, *, base_dir, cache: BaseSVDCache, top: int, intruders: bool
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """A typed DataFrame in the table's column order (nullable ints, NaN -> null in parquet)."""
     df = pd.DataFrame([asdict(SpectrumRow(**r)) for r in rows], columns=COLUMNS)
+    df["tied"] = df["tied"].astype(bool)
+    df["note"] = df["note"].astype(str)
     for col in _INT_COLUMNS:
         df[col] = df[col].astype("Int64")
     for col in ["rel_norm", "principal_angle_mean_deg", "spectral_drift", "sparsity", "sparsity_bf16",
