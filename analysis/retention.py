@@ -32,6 +32,9 @@ TABLE = "retention"
 COLUMNS = ["run", "step", "kind", "probe", "metric", "value", "stderr"]
 KEY_COLS = ["run", "step", "kind", "probe", "metric"]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# float32 logits held at once by one forward of the KL / perplexity probes (a 49k vocabulary x 256 tokens is 50 MB
+# per row, and the KL makes ~4 copies): batches are cut to fit, whatever --batch-size says
+LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -245,13 +248,25 @@ def _lmeval_silenced():
             setattr(module, attr, value)
 
 
+@contextmanager
+def _no_retie(model):
+    """HFLM calls model.tie_weights() on the model it is given; on a PeftModel whose lm_head carries a LoRA (a tied
+    Llama such as SmolLM2) transformers 5.19 then fails ("attribute 'weight' already exists"). The weights were tied
+    when the base loaded, so tying again is skipped while HFLM is built."""
+    model.tie_weights = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del model.tie_weights
+
+
 def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: RetentionSettings) -> list[MetricValue]:
     """One lm-eval task on an already loaded model (a PeftModel with its active adapter, or a plain one)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    with _quiet("lm_eval.models.huggingface"):  # it warns, every time, that the model came as an object
+    with _quiet("lm_eval.models.huggingface"), _no_retie(model):  # it warns that the model came as an object
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, device=settings.device)
     manager = TaskManager(include_defaults=False, include_path=str(probe.include_path))
     try:
@@ -311,12 +326,14 @@ def reference_stats(models: ProbeModels, path: Path, *, limit: int | None,
     tok = models.tokenizer
     ids = tok(Path(path).read_text(), add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
     longest = getattr(models.base_model.config, "max_position_embeddings", None) or settings.window
-    windows = text_windows(ids, min(settings.window, int(longest)), tok.bos_token_id, limit)
+    width = min(settings.window, int(longest))
+    windows = text_windows(ids, width, text_start_token(tok), limit)
     if not windows:
         raise TinaError(f"{path}: too short for one window")
     kl_s, kl_n, nll_s, nll_n = [], [], [], []
-    for start in range(0, len(windows), settings.batch_size):
-        batch, mask = right_pad(windows[start : start + settings.batch_size], tok.pad_token_id)
+    rows = rows_per_pass(settings.batch_size, width, _vocab_size(models.base_model))
+    for start in range(0, len(windows), rows):
+        batch, mask = right_pad(windows[start : start + rows], tok.pad_token_id)
         with models.policy() as m:
             lp = _logits(m, batch, mask)[:, :-1]
         with models.reference() as b:
@@ -328,6 +345,31 @@ def reference_stats(models: ProbeModels, path: Path, *, limit: int | None,
             sums.extend(s)
             counts.extend(n)
     return {"kl": token_mean(kl_s, kl_n), "nll": token_mean(nll_s, nll_n)}
+
+
+def text_start_token(tokenizer) -> int | None:
+    """The token the tokenizer itself puts before a text (Llama-2's <s>), else None.
+
+    A bos_token that the tokenizer does not add is left out: SmolLM2-Instruct's is <|im_start|>, a chat-turn
+    opener that never starts plain text. lm-eval's HFLM encodes its contexts the same way (the tokenizer's own
+    add_special_tokens default), so the KL windows and the multiple-choice probes see text alike."""
+    probe = "a"
+    own = tokenizer(probe, verbose=False)["input_ids"]
+    plain = tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(own) == len(plain) + 1 and own[1:] == plain:
+        return int(own[0])
+    return None
+
+
+def _vocab_size(model) -> int:
+    return int(getattr(model.config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+
+
+def rows_per_pass(batch_size: int, width: int, vocab: int, budget: int | None = None) -> int:
+    """How many rows of `width` tokens one forward may score so that its float32 logits stay within `budget`
+    (default LOGITS_BUDGET_BYTES)."""
+    budget = LOGITS_BUDGET_BYTES if budget is None else budget
+    return max(1, min(int(batch_size), budget // max(1, width * vocab * 4)))
 
 
 def render_prompt(tokenizer, prompt: str) -> tuple[str, bool]:
@@ -395,13 +437,16 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
             continue
         ids, mask = right_pad(rows, tok.pad_token_id)
         cmask = completion_mask(prompt_lens, [len(r) for r in rows], ids.shape[1])
-        with models.policy() as m:
-            lp = _logits(m, ids, mask)[:, :-1]
-        with models.reference() as ref:
-            lb = _logits(ref, ids, mask)[:, :-1]
-        s, n = masked_sums(token_kl(lp, lb, cmask), cmask)
-        sums.extend(s)
-        counts.extend(n)
+        step = rows_per_pass(len(rows), ids.shape[1], _vocab_size(models.base_model))
+        for lo in range(0, len(rows), step):
+            part = slice(lo, lo + step)
+            with models.policy() as m:
+                lp = _logits(m, ids[part], mask[part])[:, :-1]
+            with models.reference() as ref:
+                lb = _logits(ref, ids[part], mask[part])[:, :-1]
+            s, n = masked_sums(token_kl(lp, lb, cmask[part]), cmask[part])
+            sums.extend(s)
+            counts.extend(n)
     return token_mean(sums, counts)
 
 
