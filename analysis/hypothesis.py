@@ -351,6 +351,8 @@ def geometry_claims(spectra: pd.DataFrame, steps: dict[str, int], *, n_boot: int
     if not picked:
         return []
     df = pd.concat(picked, ignore_index=True)
+    if "layer" in df.columns:  # the same modules on both sides: full FT's vocabulary matrices (layer -1) have no
+        df = df[df["layer"] >= 0]  # LoRA counterpart in the usual recipes
     rows = []
     for column, sign, claim_text in (("intruders", 1, "LoRA has more intruder dimensions"),
                                      ("energy_rank90", -1, "LoRA updates have a lower energy_rank90")):

@@ -251,6 +251,22 @@ def lab_validate(out: Optional[Path] = typer.Option(None, "--out", help="results
     run_lab(out=out, runs_root=runs, plan_name="validate", eval_limit=limit)
 
 
+@lab_app.command("real")
+@user_errors
+def lab_real(quick: bool = typer.Option(False, "--quick", help="a reduced study (a smoke test of every step)"),
+             out: Optional[Path] = typer.Option(None, "--out", help="results store folder, used as given [default: "
+                                                "results/real/, with --quick results/real-quick/]"),
+             runs: Optional[Path] = typer.Option(None, "--runs", help="where the runs go, used as given [default: "
+                                                 "runs/real/, with --quick runs/real-quick/]"),
+             limit: Optional[int] = typer.Option(None, "--limit", help="problems per benchmark evaluation")):
+    """The study on a real pretrained model (SmolLM2-135M-Instruct, fetched and converted once): matched LoRA and
+    full-FT GRPO runs, eval on the real task and a GSM8K slice, spectra, retention on real text, phase, dynamics,
+    hypothesis, report (resumable)."""
+    from tina_probe.lab.study import run_lab
+
+    run_lab(out=out, runs_root=runs, plan_name="real-quick" if quick else "real", eval_limit=limit)
+
+
 @lab_app.command("pretrain")
 @user_errors
 def lab_pretrain(out: Optional[Path] = typer.Option(None, "--out", help="[default: the shipped data/lab/base]"),

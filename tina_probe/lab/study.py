@@ -64,8 +64,25 @@ VALIDATE = StudyPlan(
     name_suffix="-validate", eval_n=4, eval_limit=60, probes=("lab_facts_mc",), probe_limit=32, spectra=False,
     retention_at="best",
 )
-PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE}
-SUBFOLDER = {"full": "", "quick": "quick", "validate": "validate"}  # under --out and --runs
+# A real pretrained model (SmolLM2-135M-Instruct, converted once into the cache: tina_probe/real/) through the same
+# study: a matched LoRA and full-FT run on the real task (data/real/), evaluated on its test and held-out splits and
+# on a shipped GSM8K slice with GSM8K's prompt template; retention on real text (an MMLU-STEM slice through lm-eval,
+# KL to the base and perplexity on GSM8K solution text).
+# The letters form of MMLU is left out: the 135M base answers "A" to almost everything (acc 0.14, below chance), so it
+# cannot show forgetting; the cloze form and KL / perplexity on real text can. Probed at the base and each run's best.
+REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real")
+REAL = StudyPlan(
+    recipes=("real-lora", "real-full"), extra_benchmarks=("gsm8k-head100",), eval_n=4, eval_limit=48,
+    probes=REAL_PROBES, probe_limit=40, max_tokens=64, retention_at="best",
+)
+REAL_QUICK = StudyPlan(
+    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=4", "grpo.save_steps=2"), name_suffix="-quick",
+    extra_benchmarks=("gsm8k-head100",), eval_n=2, eval_limit=12, probes=REAL_PROBES, probe_limit=12,
+    max_tokens=64, retention_at="best",
+)
+PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE, "real": REAL, "real-quick": REAL_QUICK}
+# default folders under results/ and runs/ (an explicit --out / --runs is used as given)
+SUBFOLDER = {"full": "", "quick": "quick", "validate": "validate", "real": "real", "real-quick": "real-quick"}
 
 
 def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
@@ -230,8 +247,20 @@ def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
 
 
 def _bases(plan: StudyPlan) -> set[str]:
-    """The base folders (relative to the project root) that a plan's recipes train from."""
+    """The bases a plan's recipes train from: shipped lab folders (relative to the project root) or real:NAME."""
     return {_recipe(r)["base"] for r in plan.recipes}
+
+
+def ensure_bases(plan: StudyPlan) -> None:
+    """Stop at once when a shipped lab base is missing; fetch and convert a real base on first use (cached)."""
+    from tina_probe.real import ensure_base, is_real_name
+
+    for need in sorted(_bases(plan)):
+        if is_real_name(need):
+            folder = ensure_base(need.split(":", 1)[1], progress=lambda m: console.print(m, soft_wrap=True))
+            console.print(f"real base {need}: {folder}", soft_wrap=True)
+        elif not (ROOT / need / "model.safetensors").is_file():
+            raise TinaError(f"{ROOT / need}: the shipped lab base is missing (rebuild: see its MODEL_CARD.md)")
 
 
 def study_folders(name: str, out: Path | None, runs_root: Path | None) -> tuple[Path, Path]:
@@ -256,9 +285,7 @@ def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | N
     plan = PLANS[name]
     if eval_limit is not None:
         plan = StudyPlan(**{**plan.__dict__, "eval_limit": eval_limit})
-    for need in sorted(_bases(plan)):
-        if not (ROOT / need / "model.safetensors").is_file():
-            raise TinaError(f"{ROOT / need}: the shipped lab base is missing (rebuild: see its MODEL_CARD.md)")
+    ensure_bases(plan)
     out, runs_root = study_folders(name, out, runs_root)
     t0 = time.time()
     console.print(f"results -> {out}\nruns    -> {runs_root}", soft_wrap=True)
