@@ -362,11 +362,12 @@ def test_real_task_splits_are_disjoint_seeded_and_shipped(tmp_path):
     from tina_probe.grading import grade
     from tina_probe.real import tasks
 
-    splits = tasks.make_splits(tasks.CHOSEN_TASK)
+    splits = tasks.make_splits(tasks.CHOSEN_TASK, sizes=tasks.CHOSEN_SIZES)
     questions = [{p.question for p in rows} for rows in splits.values()]
     assert sum(map(len, questions)) == len(set().union(*questions))  # disjoint, and no duplicates inside a split
-    assert [p.question for p in tasks.make_splits(tasks.CHOSEN_TASK)["test"]] == [p.question for p in splits["test"]]
-    assert tasks.make_splits(tasks.CHOSEN_TASK, seed=1)["test"][0] != splits["test"][0]
+    again = tasks.make_splits(tasks.CHOSEN_TASK, sizes=tasks.CHOSEN_SIZES)["test"]
+    assert [p.question for p in again] == [p.question for p in splits["test"]]
+    assert tasks.make_splits(tasks.CHOSEN_TASK, seed=1, sizes=tasks.CHOSEN_SIZES)["test"][0] != splits["test"][0]
     tasks.write_task_data(tmp_path)
     for split in ("train", "test", "probe"):  # the shipped files are what the generator writes
         assert (tmp_path / f"{split}.jsonl").read_text() == (tasks.DATA / f"{split}.jsonl").read_text()

@@ -180,11 +180,15 @@ def write_splits(task: str, out_dir: Path, *, instruction: str, seed: int = 0,
     return written
 
 
-# The study's task and instruction, chosen by measurement (data/real/<base>.measure.json, the base's model card).
-CHOSEN_TASK = "story1"
+# The study's task and instruction, chosen by measurement (data/real/<base>.measure.json, the base's model card):
+# of 12 candidates x instructions, at most 64 tokens, none was ever well formatted (0/32 each); this one had the
+# highest lenient accuracy inside 15-60% (25%) and the most closed think blocks / boxes. The format target is
+# NOT met: see the measurement file for what remains open.
+CHOSEN_TASK = "arith1-digits"
 CHOSEN_INSTRUCTION = "think_box"
+CHOSEN_SIZES = SplitSizes(train=300, test=150, probe=100)  # the task has ~615 distinct problems
 
 
 def write_task_data(out_dir: Path = DATA) -> dict[str, Path]:
     """The shipped splits of the chosen task (data/real/{train,test,probe}.jsonl)."""
-    return write_splits(CHOSEN_TASK, out_dir, instruction=CHOSEN_INSTRUCTION)
+    return write_splits(CHOSEN_TASK, out_dir, instruction=CHOSEN_INSTRUCTION, sizes=CHOSEN_SIZES)
