@@ -51,7 +51,8 @@ def test_quick_study_from_another_folder(tmp_path):
     # nothing went to the repository's own runs folder
     assert (sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []) == repo_runs_before
     # stdout is a pipe: the summary is a plain table with whole run names and verdicts, not cut at 80 columns
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| lab-")]
+    summary = proc.stdout.split("tina-probe lab: best checkpoint per run")[-1]
+    lines = [line for line in summary.splitlines() if line.startswith("| lab-")]
     assert {line.split(" | ")[0][2:] for line in lines} == {"lab-lora-r8-quick", "lab-full-quick"}
     hyp = pd.read_parquet(store / "hypothesis.parquet")
     verdicts = dict(hyp[hyp.claim == "format_adaptation"][["run", "verdict"]].values)
