@@ -44,7 +44,7 @@ demo-real: real-base
 	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab real
 
 test: setup browser-deps
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=900 --timeout-method=thread tests
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=1500 --timeout-method=thread tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
