@@ -91,3 +91,46 @@ _balanced = st.recursive(
 def test_boxed_contents_roundtrip(content, other, prefix):
     text = f"{prefix}\\boxed{{{content}}}{other}\\fbox{{{other}}}"
     assert boxed_contents(text) == [content.strip(), other.strip()]
+
+
+# --------------------------------------------------------------------------- the boxed answer format
+
+BOXED_CASES = [
+    # completion, truncated, think_in_prompt, well formatted in think_boxed, well formatted in boxed
+    ("7 + 5 = 12, so the answer is \\boxed{12}.", False, False, False, True),
+    ("7 + 5 = 12, so the answer is \\boxed{12}.", True, False, False, False),  # cut off
+    ("\\boxed{12} or \\boxed{13}", False, False, False, False),  # two answers
+    ("7 + 5 = 12", False, False, False, False),  # no box
+    ("<think>7 + 5 = 12</think> \\boxed{12}", False, False, True, True),  # tags, closed
+    ("<think>7 + 5 = 12 \\boxed{12}", False, False, False, False),  # opened, never closed
+    ("<think>\\boxed{12}</think> the end", False, False, False, False),  # box only inside the thinking
+    ("</think> \\boxed{12} <think>", False, False, False, False),  # reopened after closing
+    ("7 + 5 = 12 \\boxed{12}", False, True, False, False),  # the prompt opened thinking: it must close
+    ("7 + 5 = 12</think>\\boxed{12}", False, True, True, True),
+]
+
+
+def test_boxed_answer_format_against_cases():
+    for text, truncated, think, want_think_boxed, want_boxed in BOXED_CASES:
+        r1 = format_report(text, truncated=truncated, think_in_prompt=think)
+        r2 = format_report(text, truncated=truncated, think_in_prompt=think, answer_format="boxed")
+        assert r1.well_formatted == want_think_boxed, text
+        assert r2.well_formatted == want_boxed, text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab \\{}<>/thinkboxed", max_size=40), st.booleans(), st.booleans())
+def test_boxed_format_is_looser_and_same_when_tagged(text, truncated, think):
+    """Every think_boxed-formatted completion is boxed-formatted; with thinking tags both formats agree."""
+    r1 = format_report(text, truncated=truncated, think_in_prompt=think)
+    r2 = format_report(text, truncated=truncated, think_in_prompt=think, answer_format="boxed")
+    assert not r1.well_formatted or r2.well_formatted
+    if think or "<think>" in text or "</think>" in text:
+        assert r1 == r2
+
+
+def test_answer_region_boxed_format():
+    assert answer_region("a \\boxed{1}", "boxed") == "a \\boxed{1}"
+    assert answer_region("a \\boxed{1}") == ""
+    assert answer_region("<think>a \\boxed{1}", "boxed") == ""
+    assert answer_region("x</think>y", "boxed") == "y"

@@ -277,3 +277,26 @@ def test_minerva_e_notation_golds():
         if int(exponent) > -18:
             doubled = f"{Decimal(mantissa) * 2} \\times 10^{{{int(exponent)}}}"
             assert not grade(wrap(f"\\boxed{{{doubled}}}"), gold).correct_lenient, gold
+
+
+def test_boxed_answer_format_grades_without_thinking_tags():
+    """answer_format boxed: one box anywhere is the strict answer; think_boxed wants it after </think>."""
+    text = "7 + 5 = 12. So the answer is \\boxed{12}."
+    assert not grade(text, "12").correct_strict and grade(text, "12").correct_lenient
+    g = grade(text, "12", answer_format="boxed")
+    assert g.correct_strict and g.format.well_formatted and g.extracted_answer == "12"
+    assert not grade(text, "13", answer_format="boxed").correct_strict
+    assert not grade(text, "12", answer_format="boxed", truncated=True).correct_strict
+    assert not grade("\\boxed{12} \\boxed{12}", "12", answer_format="boxed").correct_strict
+    tagged = "<think>maybe \\boxed{11}</think> \\boxed{12}"  # tags: the answer after </think>, as think_boxed
+    assert grade(tagged, "12", answer_format="boxed").correct_strict == grade(tagged, "12").correct_strict is True
+    assert grade_many([text, "no"], ["12", "12"], answer_format="boxed")[0].correct_strict
+
+
+def test_unknown_answer_format_in_registry_is_one_line(tmp_path):
+    from tina_probe.benchmarks import registry
+
+    reg = tmp_path / "benchmarks.yaml"
+    reg.write_text("benchmarks:\n  x:\n    path: x.jsonl\n    answer_format: xml\n")
+    with pytest.raises(TinaError, match=r"benchmark 'x'.*unknown answer format 'xml'"):
+        registry(reg)

@@ -70,6 +70,15 @@ def test_unknown_key_is_refused_by_name(tmp_path):
         load_recipe(_write(tmp_path, data))
 
 
+def test_reward_options_reach_the_rewards_and_are_checked(tmp_path):
+    r = load_recipe(RECIPES / "real-lora.yaml")
+    assert r.reward_options["answer_format"] == "boxed"
+    for bad, match in (("reward_options={answer_fromat: boxed}", "unknown option 'answer_fromat'"),
+                       ("reward_options={answer_format: xml}", "unknown answer format 'xml'")):
+        with pytest.raises(TinaError, match=match):
+            load_recipe(RECIPES / "real-lora.yaml", [bad])
+
+
 def test_unknown_grpo_extra_field_is_refused(tmp_path):
     r = load_recipe(RECIPES / "lab-lora-r8.yaml", ["grpo.extra={max_prompt_lenght: 5}"])
     with pytest.raises(TinaError, match="max_prompt_lenght"):

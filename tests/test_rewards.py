@@ -64,6 +64,17 @@ def test_think_in_prompt_and_truncation_options():
     assert fmt(completions=[GOOD, GOOD], completion_ids=[[1] * 8, [1] * 7]) == [0.0, 1.0]
 
 
+def test_answer_format_option():
+    """answer_format boxed rewards one box without thinking tags; an unknown format is refused by name."""
+    plain = ["7 + 5 = 12, so \\boxed{12}", GOOD, "\\boxed{1} \\boxed{2}"]
+    (think_boxed,) = get_reward_funcs(["format"])
+    (boxed,) = get_reward_funcs(["format"], answer_format="boxed")
+    assert think_boxed(completions=plain) == [0.0, 1.0, 0.0]
+    assert boxed(completions=plain) == [1.0, 1.0, 0.0]
+    with pytest.raises(TinaError, match="unknown answer format 'xml'"):
+        get_reward_funcs(["format"], answer_format="xml")
+
+
 def test_cosine_reward_shape():
     cos = make_cosine(max_len=100, min_value_wrong=-1.0, max_value_wrong=-0.5,
                       min_value_correct=0.5, max_value_correct=1.0)

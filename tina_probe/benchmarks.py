@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tina_probe.errors import TinaError
+from tina_probe.formats import check_answer_format
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 REGISTRY = DATA_DIR / "benchmarks.yaml"
@@ -59,6 +60,7 @@ class BenchmarkSpec:
     distractors: tuple[str, ...] = ()
     template: str = "{question}"
     think_in_prompt: bool = False
+    answer_format: str = "think_boxed"  # formats.ANSWER_FORMATS: what strict grading and format compliance ask
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Benchmark:
     problems: list[Problem]
     source: str = ""
     think_in_prompt: bool = False
+    answer_format: str = "think_boxed"
     spec: BenchmarkSpec | None = field(default=None, compare=False)
     choice: bool = False  # grade with grading.grade(..., choice=True): a final `Answer: X` line, not a box
 
@@ -148,7 +151,7 @@ def _spec_from_entry(name: str, entry: dict, templates: dict, where: Path) -> Be
     if not isinstance(entry, dict):
         raise TinaError(f"{where}: benchmark {name!r} is not a mapping")
     unknown = set(entry) - {"path", "dataset", "config", "split", "question", "answer", "id", "extract",
-                            "choices", "distractors", "template", "think_in_prompt"}
+                            "choices", "distractors", "template", "think_in_prompt", "answer_format"}
     if unknown:
         raise TinaError(f"{where}: benchmark {name!r} has unknown keys {sorted(unknown)}")
     if not entry.get("path") and not entry.get("dataset"):
@@ -165,6 +168,8 @@ def _spec_from_entry(name: str, entry: dict, templates: dict, where: Path) -> Be
         extract=extract, choices=str(entry.get("choices", "choices")),
         distractors=_as_tuple(entry.get("distractors"), ()), template=template,
         think_in_prompt=bool(entry.get("think_in_prompt", False)),
+        answer_format=check_answer_format(str(entry.get("answer_format", "think_boxed")),
+                                          f"{where}: benchmark {name!r}"),
     )
 
 
@@ -394,7 +399,7 @@ def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
         raise TinaError(f"{source}: problem id {dupe!r} appears twice")
     choice = is_choice(spec, rows) or golds_are_choices(spec, (p.answer for p in problems))
     return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
-                     spec=spec, choice=choice)
+                     answer_format=spec.answer_format, spec=spec, choice=choice)
 
 
 def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:

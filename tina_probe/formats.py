@@ -8,6 +8,11 @@ from dataclasses import dataclass
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
+# The rewarded answer formats. think_boxed (the default, R1's): thinking closed once by </think>, then one \boxed{}.
+# boxed (the DeepSeek-R1 / Qwen2.5-Math evaluation prompt, "put your final answer within \boxed{}"): one \boxed{}
+# answer, thinking tags optional (but closed when opened), for bases that never write tags.
+ANSWER_FORMATS = ("think_boxed", "boxed")
+
 # `\boxed{`, `\boxed {` and `\fbox{` all open a box; the content is read by brace matching below.
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_TAG = re.compile(r"<answer>.*?</answer>", re.DOTALL)
@@ -23,7 +28,8 @@ class FormatReport:
     n_boxed: int  # number of \boxed{...} in the whole completion
     n_boxed_after_think: int  # number of \boxed{...} after "</think>"
     truncated: bool  # generation hit max tokens
-    well_formatted: bool  # think_closed and n_boxed_after_think == 1 and not truncated
+    well_formatted: bool  # think_closed and n_boxed_after_think == 1 and not truncated (think_boxed); boxed:
+    #                       the same but thinking may be absent
 
 
 def _closing_brace(text: str, start: int) -> int:
@@ -66,10 +72,37 @@ def canonical_boxes(text: str) -> str:
     return _BOX_OPEN.sub(lambda _m: "\\boxed{", text)
 
 
-def answer_region(completion: str) -> str:
-    """Text after the single "</think>", or "" when the completion does not close its thinking exactly once."""
+def check_answer_format(answer_format: str, where: str = "answer_format") -> str:
+    """The answer format's name, or a TinaError naming `where` and the known formats."""
+    if answer_format not in ANSWER_FORMATS:
+        from tina_probe.errors import TinaError
+
+        raise TinaError(f"{where}: unknown answer format {answer_format!r} (known: {', '.join(ANSWER_FORMATS)})")
+    return answer_format
+
+
+def answer_region(completion: str, answer_format: str = "think_boxed") -> str:
+    """Text after the single "</think>", or "" when the completion does not close its thinking exactly once; in the
+    boxed format a completion without any thinking tag is all answer region."""
     parts = completion.split(THINK_CLOSE)
-    return parts[1] if len(parts) == 2 else ""
+    if len(parts) == 2:
+        return parts[1]
+    if answer_format == "boxed" and len(parts) == 1 and THINK_OPEN not in completion:
+        return completion
+    return ""
+
+
+def thinking_required(completion: str, think_in_prompt: bool, answer_format: str) -> bool:
+    """Whether thinking must be closed: always in think_boxed; in boxed wherever the completion or its prompt
+    opened (or closed) it."""
+    return answer_format == "think_boxed" or think_in_prompt or THINK_OPEN in completion or THINK_CLOSE in completion
+
+
+def final_region(completion: str, *, think_in_prompt: bool = False, answer_format: str = "think_boxed") -> str:
+    """Where the final answer must be for the format: after the single </think>, or the whole completion in the
+    boxed format when no thinking was opened; "" when there is no such place."""
+    return answer_region(completion, "think_boxed" if thinking_required(completion, think_in_prompt, answer_format)
+                         else answer_format)
 
 
 def _think_closed(completion: str) -> bool:
@@ -82,10 +115,14 @@ def _think_closed(completion: str) -> bool:
     return n_open == 1 and completion.index(THINK_OPEN) < completion.index(THINK_CLOSE)
 
 
-def format_report(completion: str, *, truncated: bool = False, think_in_prompt: bool = False) -> FormatReport:
-    """Classify a completion's format; think_in_prompt for chat templates whose prompt ends with "<think>\\n"."""
+def format_report(completion: str, *, truncated: bool = False, think_in_prompt: bool = False,
+                  answer_format: str = "think_boxed") -> FormatReport:
+    """Classify a completion's format; think_in_prompt for chat templates whose prompt ends with "<think>\\n";
+    answer_format one of ANSWER_FORMATS (what well_formatted asks)."""
     think_closed = _think_closed(completion)
-    n_after = len(boxed_contents(answer_region(completion)))
+    tagged = thinking_required(completion, think_in_prompt, answer_format)
+    n_after = len(boxed_contents(final_region(completion, think_in_prompt=think_in_prompt,
+                                              answer_format=answer_format)))
     return FormatReport(
         think_opened=think_in_prompt or THINK_OPEN in completion,
         think_closed=think_closed,
@@ -93,5 +130,5 @@ def format_report(completion: str, *, truncated: bool = False, think_in_prompt: 
         n_boxed=len(boxed_contents(completion)),
         n_boxed_after_think=n_after,
         truncated=bool(truncated),
-        well_formatted=think_closed and n_after == 1 and not truncated,
+        well_formatted=(think_closed or not tagged) and n_after == 1 and not truncated,
     )

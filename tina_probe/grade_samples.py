@@ -137,12 +137,20 @@ def choice_benchmarks(df: pd.DataFrame) -> set[str]:
             if golds_are_choices(specs.get(str(name)), golds)}
 
 
+def answer_formats(df: pd.DataFrame) -> dict[str, str]:
+    """Each benchmark's answer format: its registry entry's, else think_boxed (the default format)."""
+    specs = registry()
+    return {str(name): specs[str(name)].answer_format if str(name) in specs else "think_boxed"
+            for name in df["benchmark"].unique()}
+
+
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Samples rows with the grade and format columns added (pure but for math-verify's timeouts)."""
     choice = choice_benchmarks(df)
+    formats = answer_formats(df)
     graded = [
         graded_fields(row.completion, row.answer, truncated=bool(row.truncated), think=bool(row.think_in_prompt),
-                      choice=row.benchmark in choice)
+                      choice=row.benchmark in choice, answer_format=formats[str(row.benchmark)])
         for row in tqdm(df.itertuples(index=False), total=len(df), desc="grading", unit="completion")
     ]
     out = df.drop(columns=[c for c in graded[0] if c in df.columns]) if graded else df

@@ -13,7 +13,8 @@ from functools import lru_cache
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from tina_probe.errors import TinaError
-from tina_probe.formats import FormatReport, answer_region, boxed_contents, canonical_boxes, format_report
+from tina_probe.formats import (FormatReport, boxed_contents, canonical_boxes, final_region, format_report,
+                                thinking_required)
 
 # Boxed answers first (priority 0), then the last LaTeX / plain expression: math-verify's own extraction.
 EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
@@ -169,25 +170,32 @@ def grade(
     truncated: bool = False,
     think_in_prompt: bool = False,
     choice: bool = False,
+    answer_format: str = "think_boxed",
 ) -> Grade:
     """Grade one completion: strict needs the format and its single final answer; lenient reads anywhere.
 
-    choice=True for multiple-choice benchmarks: the answer is a letter on a final `Answer: X` line, not a box."""
+    choice=True for multiple-choice benchmarks: the answer is a letter on a final `Answer: X` line, not a box.
+    answer_format: formats.ANSWER_FORMATS (think_boxed: after </think>; boxed: thinking tags optional)."""
     gold_text = choice_gold(gold) if choice else normalize_gold(gold)
-    return _grade(completion, gold_text, bool(truncated), bool(think_in_prompt), _timeout(), bool(choice))
+    return _grade(completion, gold_text, bool(truncated), bool(think_in_prompt), _timeout(), bool(choice),
+                  str(answer_format))
 
 
 @lru_cache(maxsize=4096)  # completions can be long: a bounded cache (tens of MB at most)
 def _grade(
-    completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None, choice: bool
+    completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None, choice: bool,
+    answer_format: str = "think_boxed",
 ) -> Grade:
     """grade() of a normalized gold, cached: a sweep meets the same completion often (greedy checkpoints that
     agree, short sampled answers) and math-verify takes ~1 ms per parse. `timeout` (main thread or not) is part of
     the key only: a parse cut by the alarm is not reused by a thread that would run it to the end."""
-    report = format_report(completion, truncated=truncated, think_in_prompt=think_in_prompt)
+    report = format_report(completion, truncated=truncated, think_in_prompt=think_in_prompt,
+                           answer_format=answer_format)
+    region = final_region(completion, think_in_prompt=think_in_prompt, answer_format=answer_format)
     if choice:
-        return _grade_choice(completion, gold_text, report)
-    after = boxed_contents(answer_region(completion))
+        closed = report.think_closed or not thinking_required(completion, think_in_prompt, answer_format)
+        return _grade_choice(completion, gold_text, report, region if closed else "")
+    after = boxed_contents(region)
     strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
     lenient_parsed = [] if strict else _parse(_scientific_boxes(canonical_boxes(completion)))
     # A strict-correct answer is found in the completion by definition: strict implies lenient.
@@ -196,11 +204,10 @@ def _grade(
     return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
 
 
-def _grade_choice(completion: str, gold_letter: str, report: FormatReport) -> Grade:
+def _grade_choice(completion: str, gold_letter: str, report: FormatReport, region: str) -> Grade:
     """A multiple-choice grade: strict needs closed thinking, no truncation and a final `Answer: X` line that every
     answer stated after </think> agrees with (no hedging); lenient takes the last letter answer anywhere."""
-    region = answer_region(completion)
-    final = final_choice(region) if report.think_closed and not report.truncated else None
+    final = final_choice(region) if region and not report.truncated else None  # region "": thinking not closed
     formatted = final is not None and set(choice_answers(region)) == {final}
     strict = formatted and final == gold_letter
     answers = choice_answers(completion)
@@ -216,6 +223,7 @@ def grade_many(
     truncated: Sequence[bool] | None = None,
     think_in_prompt: bool = False,
     choice: bool = False,
+    answer_format: str = "think_boxed",
 ) -> list[Grade]:
     """Grade completions against their golds, pairwise (one gold per completion); choice for letter answers."""
     if truncated is None:
@@ -225,6 +233,6 @@ def grade_many(
             f"grade_many: {len(completions)} completions, {len(golds)} golds, {len(truncated)} truncated flags"
         )
     return [
-        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt, choice=choice)
+        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt, choice=choice, answer_format=answer_format)
         for c, g, t in zip(completions, golds, truncated)
     ]

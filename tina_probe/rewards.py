@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tina_probe.errors import TinaError
-from tina_probe.formats import THINK_CLOSE, THINK_OPEN, format_report
+from tina_probe.formats import THINK_CLOSE, THINK_OPEN, check_answer_format, format_report
 from tina_probe.grading import grade, normalize_gold
 
 # open-r1's <think>/<answer> layout, anchored at both ends.
@@ -77,14 +77,17 @@ def format_reward(
     *,
     think_in_prompt: bool = False,
     max_completion_length: int | None = None,
+    answer_format: str = "think_boxed",
     **kwargs: Any,
 ) -> list[float]:
-    """1.0 when the completion is well formatted: thinking closed once, one \\boxed{} after it, not cut off."""
+    """1.0 when the completion is well formatted: thinking closed once, one \\boxed{} after it, not cut off
+    (answer_format "boxed": thinking tags optional)."""
     ids = completion_ids if completion_ids is not None else [None] * len(completions)
     return [
         float(
             format_report(
-                completion_text(c), truncated=_truncated(i, max_completion_length), think_in_prompt=think_in_prompt
+                completion_text(c), truncated=_truncated(i, max_completion_length), think_in_prompt=think_in_prompt,
+                answer_format=answer_format,
             ).well_formatted
         )
         for c, i in zip(completions, ids)
@@ -180,6 +183,7 @@ REWARDS: dict[str, RewardFunc] = {
 _OPTIONS = {
     "think_in_prompt": {"format": "think_in_prompt", "format_r1": "think_in_prompt", "tag_count": "think_in_prompt"},
     "max_completion_length": {"format": "max_completion_length"},
+    "answer_format": {"format": "answer_format"},
     **{
         f"cosine_{opt}": {"cosine": opt}
         for opt in ("max_len", "min_value_wrong", "max_value_wrong", "min_value_correct", "max_value_correct")
@@ -188,13 +192,16 @@ _OPTIONS = {
 
 
 def get_reward_funcs(names: Sequence[str], **cfg: Any) -> list[RewardFunc]:
-    """Reward functions by registry name, configured by cfg (think_in_prompt, max_completion_length, cosine_*)."""
+    """Reward functions by registry name, configured by cfg (think_in_prompt, max_completion_length, answer_format,
+    cosine_*)."""
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         raise TinaError(f"rewards: unknown reward {unknown[0]!r} (known: {', '.join(REWARDS)})")
     bad = [k for k in cfg if k not in _OPTIONS]
     if bad:
         raise TinaError(f"rewards: unknown option {bad[0]!r} (known: {', '.join(_OPTIONS)})")
+    if "answer_format" in cfg:
+        check_answer_format(cfg["answer_format"], "rewards: answer_format")
     funcs = []
     for name in names:
         options = {kw: cfg[key] for key, targets in _OPTIONS.items() for target, kw in targets.items()

@@ -214,7 +214,7 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     from tina_probe.rewards import get_reward_funcs
 
     base, base_hash = resolve_base(recipe.base, source)
-    reward_funcs = get_reward_funcs(list(recipe.rewards))
+    reward_funcs = get_reward_funcs(list(recipe.rewards), **recipe.reward_options)
     dataset, data_hash = load_prompts(recipe, source)
     run_dir = Path(runs_root) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)

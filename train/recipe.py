@@ -91,6 +91,9 @@ class Recipe:
     peft: PeftSpec | None = field(default_factory=PeftSpec)
     eval_benchmark: str = "lab-test"
     description: str = ""
+    # options of the rewards (tina_probe.rewards.get_reward_funcs): answer_format, max_completion_length,
+    # think_in_prompt, cosine_*; e.g. {answer_format: boxed} for a base that never writes thinking tags
+    reward_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -178,6 +181,16 @@ def validate(recipe: Recipe, source: str = "recipe") -> Recipe:
     for name, w in recipe.rewards.items():
         _check(isinstance(w, (int, float)) and not isinstance(w, bool), source,
                f"`rewards.{name}` weight must be a number, got {w!r}")
+    _check(isinstance(recipe.reward_options, dict), source, "`reward_options` must be a mapping of reward options")
+    cut = recipe.reward_options.get("max_completion_length", g.max_completion_length)
+    _check(cut == g.max_completion_length, source, f"`reward_options.max_completion_length` ({cut}) must equal "
+           f"`grpo.max_completion_length` ({g.max_completion_length}): completions cut there count as truncated")
+    from tina_probe.rewards import get_reward_funcs
+
+    try:  # unknown rewards, options or answer formats, named with the recipe file
+        get_reward_funcs(list(recipe.rewards), **recipe.reward_options)
+    except TinaError as e:
+        raise TinaError(f"{source}: {e}") from None
     if recipe.peft is not None:
         p = recipe.peft
         _check(isinstance(p.r, int) and p.r >= 1, source, f"`peft.r` must be an integer >= 1, got {p.r!r}")
