@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tina_probe.grading import grade
-from tina_probe.real.tasks import CANDIDATES, SplitSizes, make_splits, prompt_for
+from tina_probe.real.tasks import CANDIDATES, INSTRUCTION_FORMATS, SplitSizes, make_splits, prompt_for
 
 LENIENT_RANGE = (0.15, 0.60)
 FORMAT_MAX = 0.50
@@ -27,6 +27,7 @@ class CandidateMeasure:
     what: str
     n_problems: int
     n_samples: int
+    answer_format: str
     temperature: float
     max_tokens: int
     lenient: float
@@ -59,14 +60,15 @@ def _measure(task: str, instruction: str, probs, outs, *, n: int, temperature: f
              tokens_per_s: float) -> CandidateMeasure:
     """Grade one candidate's completions (n per problem) into its CandidateMeasure."""
     grades, toks, trunc = [], [], []
+    answer_format = INSTRUCTION_FORMATS.get(instruction, "think_boxed")
     for p, group in zip(probs, outs):
         for c in group:
-            grades.append(grade(c.text, p.answer, truncated=c.truncated))
+            grades.append(grade(c.text, p.answer, truncated=c.truncated, answer_format=answer_format))
             toks.append(c.n_tokens)
             trunc.append(c.truncated)
     m = CandidateMeasure(
         name=f"{task}/{instruction}", task=task, instruction=instruction, what=CANDIDATES[task].what,
-        n_problems=len(probs), n_samples=n, temperature=temperature, max_tokens=max_tokens,
+        n_problems=len(probs), n_samples=n, answer_format=answer_format, temperature=temperature, max_tokens=max_tokens,
         lenient=float(np.mean([g.correct_lenient for g in grades])),
         strict=float(np.mean([g.correct_strict for g in grades])),
         format_rate=float(np.mean([g.format.well_formatted for g in grades])),
@@ -138,8 +140,9 @@ def measure_and_record(name: str = "smollm2-135m-instruct", *, n_problems: int =
     record["protocol"] = (
         f"Each candidate: the first {n_problems} test problems of the task (seeded), {n} samples each at T=1, top-p 1, "
         f"at most {max_tokens} new tokens, through the chat template (default system prompt); lenient = "
-        "math-verify finds the answer anywhere, strict = well formatted and right, format = `</think>` closed "
-        "once and one `\\boxed{}` after it, not truncated. Targets: lenient 15-60%, format under 50% "
+        "math-verify finds the answer anywhere, strict = well formatted and right, format = one `\\boxed{}` "
+        "answer (answer format `boxed`) or `</think>` closed once and one `\\boxed{}` after it (`think_boxed`), "
+        "not truncated. Targets: lenient 15-60%, format under 50% "
         "(and above 0, or GRPO has no format signal). Measured by `tina-probe lab real-task --measure`.")
     record["candidates"] = cands
     atomic_write_json(path, record)

@@ -2,7 +2,8 @@
 
 Each candidate is a seeded generator of problems with exact integer answers; `make_splits` draws disjoint
 train / test / probe splits (no question text in two splits). The prompt is the question plus an instruction
-(`INSTRUCTIONS`) that asks for the rewarded format: reasoning in <think></think>, then one \\boxed{answer}.
+(`INSTRUCTIONS`) that asks for the rewarded format: one \\boxed{answer} (DeepSeek-R1 / Qwen2.5-Math's evaluation
+prompt, answer format `boxed`), or reasoning in <think></think> and then one \\boxed{answer} (`think_boxed`).
 Which candidate and instruction the study uses was measured (`tina-probe lab real-task --measure`, numbers in
 data/real/<base>.measure.json and the base's model card).
 """
@@ -25,8 +26,11 @@ NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Ine
 ITEMS = ("apples", "books", "marbles", "stickers", "pencils", "cookies", "coins", "cards", "shells", "stamps")
 BOXES = ("bags", "boxes", "jars", "packs", "baskets")
 
-# How the prompt asks for the rewarded format. `think_box` says it; `think_box_example` also shows it once.
+# How the prompt asks for the rewarded format. `think_box` says it; `think_box_example` also shows it once; `boxed`
+# is the DeepSeek-R1 / Qwen2.5-Math evaluation instruction (data/benchmarks.yaml's `boxed` template).
 INSTRUCTIONS = {
+    "boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    "box": "{question}\nPut your final answer within \\boxed{{}}.",
     "think_box": "{question}\nThink step by step inside <think> </think> tags, then give the final answer "
                  "as \\boxed{{number}}.",
     "think_box_example": "{question}\nFirst think inside <think> </think> tags, then write only the final answer "
@@ -159,6 +163,10 @@ def make_splits(task: str, *, seed: int = 0, sizes: SplitSizes = SplitSizes()) -
     return out
 
 
+# The answer format (formats.ANSWER_FORMATS) each instruction asks for: what its format reward and strict grade read.
+INSTRUCTION_FORMATS = {"boxed": "boxed", "box": "boxed", "think_box": "think_boxed", "think_box_example": "think_boxed"}
+
+
 def prompt_for(question: str, instruction: str) -> str:
     """The user message for a question: the question and the format instruction (INSTRUCTIONS name or template)."""
     template = INSTRUCTIONS.get(instruction, instruction)
@@ -180,12 +188,13 @@ def write_splits(task: str, out_dir: Path, *, instruction: str, seed: int = 0,
     return written
 
 
-# The study's task and instruction, chosen by measurement (data/real/<base>.measure.json, the base's model card):
-# of 12 candidates x instructions, at most 64 tokens, none was ever well formatted (0/32 each); this one had the
-# highest lenient accuracy inside 15-60% (25%) and the most closed think blocks / boxes. The format target is
-# NOT met: see the measurement file for what remains open.
+# The study's task and instruction, chosen by measurement (data/real/<base>.measure.json, the base's model card).
+# With thinking tags asked for, no candidate was ever well formatted within 64 tokens (0 of 384 samples closed a
+# </think>), so GRPO would have had no format signal; in the boxed answer format (one \boxed{} answer, the
+# DeepSeek-R1 / Qwen2.5-Math evaluation format) `box` gave 21% lenient and 5.5% well formatted at T=1 (32 x 4),
+# inside both targets, with the shortest completions (39 tokens, 34% cut off at 64).
 CHOSEN_TASK = "arith1-digits"
-CHOSEN_INSTRUCTION = "think_box"
+CHOSEN_INSTRUCTION = "box"
 CHOSEN_SIZES = SplitSizes(train=300, test=150, probe=100)  # the task has ~615 distinct problems
 
 
