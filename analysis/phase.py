@@ -310,6 +310,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
     conservative: it includes the between-problem spread that checkpoints of one run share); other curves, and
     eval curves without CIs, use fitted_sigma."""
     rows, status = [], []
+    too_short: dict[str, list[int]] = {}  # run -> point counts of its curves too short to try (one line per run)
     keys = ["run", "source", "benchmark", "metric"]
     groups = curves.groupby(keys, dropna=False, sort=True)
     for key, curve in tqdm(groups, total=groups.ngroups, desc="phase curves", unit="curve", disable=None):
@@ -320,7 +321,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
         n = len(curve)
         base = {"run": run, "source": source, "benchmark": bench, "metric": metric, "n_points": n}
         if n < MIN_POINTS:
-            log.warning("%s: %d points, fewer than %d; no change points tried", label, n, MIN_POINTS)
+            too_short.setdefault(str(run), []).append(n)
             status += [base | {"method": m, "n_changes": 0, "status": "too short"} for m in methods]
             continue
         ci_sigma = curve["sigma"].to_numpy(dtype=float) if "sigma" in curve.columns else np.array([np.nan])
@@ -336,6 +337,9 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
                                     "change_step_low": cp.change_step_low, "change_step_high": cp.change_step_high,
                                     "size": cp.size, "support": cp.support, "sigma": sig, "penalty": pen})
     phases = pd.DataFrame(rows, columns=PHASE_COLUMNS)
+    for run, counts in too_short.items():
+        log.warning("run %s: %d curves of %d-%d points, fewer than %d; no change points tried on them", run,
+                    len(counts), min(counts), max(counts), MIN_POINTS)
     return phases, pd.DataFrame(status, columns=keys + ["n_points", "method", "n_changes", "status"])
 
 

@@ -401,3 +401,19 @@ def _solve(question: str) -> int:
         elif m := re.search(r"buys (\d+) \w+ with (\d+)", s):
             have += int(m.group(1)) * int(m.group(2))
     return have
+
+
+def test_real_study_plans_evaluate_the_gsm8k_slice_in_a_smaller_call(tmp_path):
+    """The real study evaluates each run on real-test, its held-out real-probe and the GSM8K slice; the slice (64
+    tokens cut almost every GSM8K solution) gets its own, smaller problem count."""
+    from tina_probe.lab.study import PLANS, eval_calls
+
+    dirs = [tmp_path / "real-lora", tmp_path / "real-full"]
+    for name in ("real", "real-quick"):
+        plan = PLANS[name]
+        calls = eval_calls(plan, dirs)
+        assert calls == [([str(d) for d in dirs], ["real-test", "real-probe"], plan.eval_limit),
+                         ([str(d) for d in dirs], ["gsm8k-head100"], plan.extra_limit)]
+        assert plan.extra_limit < plan.eval_limit
+    lab = eval_calls(PLANS["quick"], [tmp_path / "lab-lora-r8", tmp_path / "lab-full"])
+    assert lab == [([str(tmp_path / "lab-lora-r8"), str(tmp_path / "lab-full")], ["lab-test", "lab-probe"], 24)]

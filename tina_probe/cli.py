@@ -143,11 +143,13 @@ def grade(samples: Path = typer.Option(..., "--samples", help="JSONL or parquet 
 @app.command()
 @user_errors
 def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT,
-            top: int = typer.Option(64, "--top", help="singular values kept per matrix")):
+            top: int = typer.Option(64, "--top", help="singular values kept per matrix"),
+            intruders: bool = typer.Option(True, "--intruders/--no-intruders", help="intruder dimensions, spectral "
+                                           "drift and sparsity (an SVD of every updated matrix per checkpoint)")):
     """Update spectra of LoRA adapters and full-FT deltas -> spectra table."""
     from analysis.spectra import run_spectra
 
-    run_spectra(_expand(ckpts + (more or [])), out, top=top)
+    run_spectra(_expand(ckpts + (more or [])), out, top=top, intruders=intruders)
 
 
 @app.command()

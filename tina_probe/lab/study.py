@@ -38,10 +38,12 @@ class StudyPlan:
     probes: tuple[str, ...] = ("lab_facts_gen", "lab_facts_mc", "kl_general", "ppl_general", "kl_task")
     probe_limit: int | None = 64
     spectra: bool = True
+    spectra_intruders: bool = True  # intruders, drift, sparsity: an SVD of every updated matrix per checkpoint
     retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
     held_out: bool = True  # also evaluate each run's held-out split (its benchmark with "probe" for "test"), on
     #                        which `phase`, `dynamics` and `hypothesis` pick the best checkpoint
     extra_benchmarks: tuple[str, ...] = ()  # evaluated beside each run's own benchmark (e.g. a real benchmark)
+    extra_limit: int | None = None  # problems of each extra benchmark (None: eval_limit)
     max_tokens: int = 64
     extra: dict = field(default_factory=dict)
 
@@ -71,14 +73,20 @@ VALIDATE = StudyPlan(
 # The letters form of MMLU is left out: the 135M base answers "A" to almost everything (acc 0.14, below chance), so it
 # cannot show forgetting; the cloze form and KL / perplexity on real text can. Probed at the base and each run's best.
 REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real")
+# Sized for 2 cores from costs measured on a quiet machine (data/real/<base>.measure.json): one GRPO step (4 prompts x
+# 4 samples x <= 64 tokens) takes ~95 s per run with the two runs side by side, sampling runs at ~70 tokens/s, and the
+# spectra of one checkpoint (intruders need an SVD of every updated matrix) take ~35-45 s.
 REAL = StudyPlan(
-    recipes=("real-lora", "real-full"), extra_benchmarks=("gsm8k-head100",), eval_n=4, eval_limit=48,
-    probes=REAL_PROBES, probe_limit=40, max_tokens=64, retention_at="best",
+    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=12", "grpo.save_steps=4"),
+    extra_benchmarks=("gsm8k-head100",), eval_n=4, eval_limit=16, extra_limit=8,
+    probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
 )
+# --quick: one GRPO step of 2 prompts x 4 samples per run, a few problems, spectra without intruders (which need an
+# SVD of every updated matrix: ~35 s per checkpoint here); a smoke test of every step, not a result.
 REAL_QUICK = StudyPlan(
-    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=4", "grpo.save_steps=2"), name_suffix="-quick",
-    extra_benchmarks=("gsm8k-head100",), eval_n=2, eval_limit=12, probes=REAL_PROBES, probe_limit=12,
-    max_tokens=64, retention_at="best",
+    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=1", "grpo.save_steps=1", "grpo.prompts_per_step=2"),
+    name_suffix="-quick", extra_benchmarks=("gsm8k-head100",), eval_n=2, eval_limit=6, extra_limit=2,
+    probes=REAL_PROBES, probe_limit=8, max_tokens=64, retention_at="best", spectra_intruders=False,
 )
 PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE, "real": REAL, "real-quick": REAL_QUICK}
 # default folders under results/ and runs/ (an explicit --out / --runs is used as given)
@@ -114,6 +122,23 @@ def eval_benchmarks(recipe: str, plan: StudyPlan) -> tuple[str, ...]:
     test = _recipe(recipe).get("eval_benchmark", "lab-test")
     held = (test.replace("test", "probe"),) if plan.held_out and "test" in test else ()
     return tuple(dict.fromkeys((test, *held, *plan.extra_benchmarks)))
+
+
+def eval_calls(plan: StudyPlan, run_dirs: list[Path]) -> list[tuple[list[str], list[str], int | None]]:
+    """(run folders, benchmarks, problem limit) of each `eval` call: runs with the same benchmarks together, the
+    extra benchmarks in a call of their own when their limit differs."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for recipe, run_dir in zip(plan.recipes, run_dirs):
+        groups.setdefault(eval_benchmarks(recipe, plan), []).append(str(run_dir))
+    calls = []
+    for benches, dirs in groups.items():
+        extra = [b for b in benches if b in plan.extra_benchmarks]
+        if plan.extra_limit is None or plan.extra_limit == plan.eval_limit or not extra:
+            calls.append((dirs, list(benches), plan.eval_limit))
+        else:
+            calls.append((dirs, [b for b in benches if b not in extra], plan.eval_limit))
+            calls.append((dirs, extra, plan.extra_limit))
+    return calls
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -292,16 +317,14 @@ def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | N
     console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for recipe, run_dir in zip(plan.recipes, run_dirs):
-        groups.setdefault(eval_benchmarks(recipe, plan), []).append(str(run_dir))
-    for benches, dirs in groups.items():
-        run_eval(dirs, benchmarks=list(benches), n=plan.eval_n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
-                 out=out, limit=plan.eval_limit)
+    for dirs, benches, limit in eval_calls(plan, run_dirs):
+        run_eval(dirs, benchmarks=benches, n=plan.eval_n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
+                 out=out, limit=limit)
     ckpts = [str(d) for d in run_dirs]
     if plan.spectra:
         console.rule("update spectra")
-        run_cli("spectra", "--ckpts", *ckpts, "--out", str(out))
+        run_cli("spectra", "--ckpts", *ckpts, "--out", str(out),
+                *(() if plan.spectra_intruders else ("--no-intruders",)))
     console.rule("phase transitions")
     run_cli("phase", "--runs", *ckpts, "--out", str(out))
     console.rule("retention probes")
