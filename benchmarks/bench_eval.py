@@ -6,7 +6,12 @@ Every part runs in this process (vLLM's engine too) or in child processes it wai
 judged on CPU seconds, with the wall clock printed beside them: on a shared machine the wall clock swings 2-10x
 with other jobs.
 
-Run: python benchmarks/bench_eval.py [--base PATH] [--quick]   (threads: whatever OMP_NUM_THREADS says)"""
+--real runs the same sides on the real pretrained base (SmolLM2-135M-Instruct, `tina-probe lab real-base`): 4 LoRA
+checkpoints of the real recipe's shape (r16, every projection, random weights: speed does not depend on their values)
+on the real task's test split, graded in its boxed answer format. There loading is cheap next to generating, so the
+load and generation costs are printed beside the ratios that depend on them.
+
+Run: python benchmarks/bench_eval.py [--base PATH] [--quick] [--real]   (threads: whatever OMP_NUM_THREADS says)"""
 
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ _TOK = AutoTokenizer.from_pretrained({base!r})
 def process_results(doc, results):
     text = results[0]
     truncated = len(_TOK(text, add_special_tokens=False)["input_ids"]) >= {max_tokens}
-    g = grade(text, str(doc["answer"]), truncated=truncated)
+    g = grade(text, str(doc["answer"]), truncated=truncated, answer_format={answer_format!r})
     exact = (g.extracted_answer or "").strip() == str(doc["answer"]).strip()
     return {{"strict": float(g.correct_strict), "lenient": float(g.correct_lenient), "exact_match": float(exact)}}
 '''
@@ -88,7 +93,9 @@ def make_lmeval_task(folder: Path, base: Path, problems) -> Path:
     data = folder / "problems.jsonl"
     data.write_text("".join(json.dumps({"id": p.id, "question": p.prompt, "answer": p.answer}) + "\n"
                             for p in problems))
-    (folder / "grade_lm.py").write_text(GRADER.format(base=str(base), max_tokens=MAX_TOKENS))
+    answer_format = load_benchmark(BENCH).answer_format
+    (folder / "grade_lm.py").write_text(GRADER.format(base=str(base), max_tokens=MAX_TOKENS,
+                                                      answer_format=answer_format))
     metrics = "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
                       for m in ("strict", "lenient", "exact_match"))
     (folder / f"{TASK}.yaml").write_text(
@@ -344,19 +351,61 @@ def vllm_imports() -> bool:
     return True
 
 
+def use_real_base() -> Path:
+    """Switch the workload to the real base (4 r16 checkpoints, the real task's test split); its folder."""
+    global N_CKPTS, RANK, BENCH
+    from tina_probe.errors import TinaError
+    from tina_probe.real.models import ensure_base
+
+    N_CKPTS, RANK, BENCH = 4, 16, "real-test"
+    try:
+        return ensure_base("smollm2-135m-instruct")
+    except TinaError as exc:
+        sys.exit(f"real base: {exc}")
+
+
+def load_and_generate_costs(base: Path, ckpt: Path, prompts: list[str], has_vllm: bool) -> None:
+    """What the reload ratios weigh: (wall, CPU) s of loading the base, of a first generation with one adapter (its
+    load included) and of the same generation again, per backend (vLLM: starting the engine)."""
+    gen = HFGenerator(device="cpu")
+    t_load, _ = timed(gen.load_base, str(base))
+    t_first, _ = timed(gen.generate, prompts, adapter=ckpt, **GREEDY)
+    t_again, _ = timed(gen.generate, prompts, adapter=ckpt, **GREEDY)
+    gen.close()
+    costs = [("hf", t_load, t_first, t_again)]
+    if has_vllm:
+        from tina_probe.generate.vllm_backend import VLLMGenerator
+
+        v = VLLMGenerator()
+        t_load, _ = timed(v.load_base, str(base), adapters=[ckpt])
+        t_first, _ = timed(v.generate, prompts, adapter=ckpt, **GREEDY)
+        t_again, _ = timed(v.generate, prompts, adapter=ckpt, **GREEDY)
+        v.close()
+        costs.append(("vllm", t_load, t_first, t_again))
+    for name, load, first, again in costs:
+        print(f"costs    {name:<5} load base {load[1]:.1f} CPU-s ({load[0]:.1f} wall); first generation with the adapter "
+              f"{first[1]:.1f} CPU-s ({first[0]:.1f}); again {again[1]:.1f} CPU-s ({again[0]:.1f}); "
+              f"{len(prompts)} prompts, greedy, <= {MAX_TOKENS} tokens", flush=True)
+
+
 def main() -> None:
     """Build the checkpoints, time every side by side (interleaved repeats, medians), print ratios and goals."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, default=ROOT / "data" / "lab" / "base")
     ap.add_argument("--quick", action="store_true", help="8 problems, fewer token repeats (~2 minutes on a quiet CPU)")
+    ap.add_argument("--real", action="store_true", help="the real pretrained base (SmolLM2-135M-Instruct) instead of "
+                    "the lab one: 4 r16 checkpoints, the real task; one repeat of the sweeps")
     args = ap.parse_args()
-    base = args.base.resolve()
+    base = use_real_base() if args.real else args.base.resolve()
     if not (base / "config.json").is_file():
         sys.exit(f"{base}: no model there (pass --base PATH to a lab base model folder)")
     n_problems, repeats, tok_repeats = (8, 3, 5) if args.quick else (32, 3, 7)
+    if args.real:  # a real model generates ~50x slower than the lab one: fewer problems and repeats
+        n_problems, repeats, tok_repeats = (8, 1, 2) if args.quick else (16, 1, 3)
     has_vllm = vllm_imports()
     print(f"threads  OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}  cpus={os.cpu_count()}  "
           f"load={os.getloadavg()[0]:.1f}  base={base}")
+    print(f"model    {'real: SmolLM2-135M-Instruct' if args.real else 'the lab organism'}")
     print(f"workload {N_CKPTS} LoRA checkpoints (r={RANK}, all projections) x {n_problems} {BENCH} problems, "
           f"greedy, 1 sample, max_tokens={MAX_TOKENS}; {repeats} repeats of the sweeps back to back, "
           "ratios taken within a repeat, medians over repeats", flush=True)
@@ -372,6 +421,7 @@ def main() -> None:
             print(f"seconds  {k:<15} wall {[round(w, 1) for w, _ in v]}  CPU {[round(c, 1) for _, c in v]}")
         check_same_work(base, ckpts, steps, problems, out)
         agree = compare_accuracies(ckpts, steps, out)
+        load_and_generate_costs(base, ckpts[0], [p.prompt for p in problems], has_vllm)
         rates, ratios = measure_rates(base, ckpts, [p.prompt for p in problems], has_vllm, tok_repeats)
         for (b, a), v in rates.items():
             print(f"tokens/s {b} {a:<7}  per wall s {[round(w) for w, _ in v]}  per CPU s {[round(c) for _, c in v]}")
