@@ -259,7 +259,8 @@ def test_a_broken_cached_folder_is_rebuilt(monkeypatch, tmp_path, real_base):
 
 RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
 # 2 GRPO steps of 2 prompts x 2 generations of <= 16 tokens: the recipes' own data, rewards and schedule otherwise
-TINY_REAL = ["grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=16", "grpo.prompts_per_step=2",
+TINY_REAL = ["grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=16",
+             "reward_options.max_completion_length=16", "grpo.prompts_per_step=2",
              "grpo.num_generations=2", "dataset.limit=8"]
 
 
