@@ -44,3 +44,14 @@ def fresh_greedy_tokens(base: Path, adapter: Path | None, prompts: list[str], *,
                                  eos_token_id=tok.eos_token_id)
         out.append(seq[0, ids["input_ids"].shape[1]:].tolist())
     return out
+
+
+def vllm_forced_tokens(gen, adapter: Path | None, prompts: list[str], length: int) -> list[list[int]]:
+    """vLLM greedy (a VLLMGenerator's engine) with min_tokens = max_tokens (EOS may be the true argmax: ignore_eos
+    would not match HF)."""
+    import vllm
+
+    params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=length, min_tokens=length)
+    outs = gen.llm.generate([gen._token_prompt(p) for p in prompts], params,
+                            lora_request=gen._lora_request(adapter), use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]

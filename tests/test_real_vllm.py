@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-from reference import fresh_greedy_tokens, save_random_lora
+from reference import fresh_greedy_tokens, save_random_lora, vllm_forced_tokens
 from tina_probe.errors import TinaError
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # before vllm starts: it misreads free memory here
@@ -48,21 +47,11 @@ def real(tmp_path_factory):
     gen.close()
 
 
-def _vllm_forced(gen, adapter: Path | None, prompts: list[str]) -> list[list[int]]:
-    """vLLM greedy, exactly LENGTH tokens (min_tokens: EOS may be the true argmax, so ignore_eos would differ)."""
-    import vllm
-
-    params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=LENGTH, min_tokens=LENGTH)
-    outs = gen.llm.generate([gen._token_prompt(p) for p in prompts], params, lora_request=gen._lora_request(adapter),
-                            use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
-
 def test_greedy_tokens_agree_with_transformers_and_peft(real):
     got = {}
     for adapter in (None, real.lora):
         ref = fresh_greedy_tokens(real.base, adapter, real.prompts, max_new_tokens=LENGTH, min_new_tokens=LENGTH)
-        got[adapter] = _vllm_forced(real.gen, adapter, real.prompts)
+        got[adapter] = vllm_forced_tokens(real.gen, adapter, real.prompts, LENGTH)
         assert got[adapter] == ref, f"vLLM and transformers disagree on the real base ({adapter or 'base'})"
     assert got[None] != got[real.lora], "the adapter must change the greedy tokens"
 

