@@ -1,25 +1,43 @@
 """The hypothesis test validated on real lab runs (reduced): GRPO on the planted organism, which can only learn
 the format, must read "supported"; GRPO with an accuracy-only reward on the well-formatted control must read
-"not supported". Trains both (60 steps each, side by side), evaluates, runs phase / hypothesis / report:
-about 5 minutes on 2 cores, the slowest test in the suite on purpose (it is the method's ground truth)."""
+"not supported". Trains both (60 steps each, side by side), evaluates, runs phase / hypothesis / report: the
+slowest test in the suite on purpose (it is the method's ground truth).
+
+The study runs as a user runs it: `tina-probe lab validate` in a subprocess, from a folder outside the repository,
+with relative --out and --runs (issue 15: everything lands under the user's folder, exactly where asked, and the
+summary printed to a pipe is whole). One study serves both checks; a second one (`lab --quick`) would add minutes to
+the suite and test the same path."""
+
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
-from tina_probe.lab.study import ROOT, run_lab
+from tina_probe.lab.study import ROOT
 from tina_probe.store import Store
 
 pytestmark = pytest.mark.slow
 
+RUNS = ("lab-planted-validate", "lab-control-validate")
+
 
 @pytest.fixture(scope="module")
 def validation(tmp_path_factory):
+    """`tina-probe lab validate --limit 48 --out rel --runs relruns`, run from a temporary folder."""
     for base in ("data/lab/planted", "data/lab/control"):
         if not (ROOT / base / "model.safetensors").is_file():
             pytest.skip(f"{base} is not shipped in this checkout")
-    root = tmp_path_factory.mktemp("validate")
-    run_lab(out=root / "results", runs_root=root / "runs", plan_name="validate", eval_limit=48)
-    return root / "results"  # written where asked (no validate/ subfolder under an explicit --out)
+    user = tmp_path_factory.mktemp("elsewhere")
+    repo_runs_before = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    env = dict(os.environ, COLUMNS="80")
+    proc = subprocess.run([sys.executable, "-m", "tina_probe.cli", "lab", "validate", "--limit", "48",
+                           "--out", "rel", "--runs", "relruns"],
+                          cwd=user, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    repo_runs_after = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    return user, proc, repo_runs_before, repo_runs_after
 
 
 def _verdict(hyp: pd.DataFrame, run: str, claim: str) -> pd.Series:
@@ -29,7 +47,7 @@ def _verdict(hyp: pd.DataFrame, run: str, claim: str) -> pd.Series:
 
 
 def test_planted_runs_read_supported(validation):
-    hyp = Store(validation).read("hypothesis")
+    hyp = Store(validation[0] / "rel").read("hypothesis")
     overall = _verdict(hyp, "lab-planted-validate", "format_adaptation")
     assert overall["verdict"] == "supported", overall["detail"]
     gd = _verdict(hyp, "lab-planted-validate", "gain_decomposition")
@@ -40,15 +58,48 @@ def test_planted_runs_read_supported(validation):
 
 
 def test_control_runs_read_not_supported(validation):
-    hyp = Store(validation).read("hypothesis")
+    hyp = Store(validation[0] / "rel").read("hypothesis")
     overall = _verdict(hyp, "lab-control-validate", "format_adaptation")
     assert overall["verdict"] == "not supported", overall["detail"]
     assert "no format transition" in _verdict(hyp, "lab-control-validate", "format_first")["detail"]
 
 
 def test_report_shows_both_conditions(validation):
-    text = (validation / "report" / "report.md").read_text()
-    for run in ("lab-planted-validate", "lab-control-validate"):
+    store = validation[0] / "rel"
+    text = (store / "report" / "report.md").read_text()
+    for run in RUNS:
         assert f"| {run} | format_adaptation" in text
-    summary = Store(validation).read("phase_summary").set_index("run")
+    summary = Store(store).read("phase_summary").set_index("run")
     assert summary.loc["lab-planted-validate", "transition_metric"] in ("format_rate", "format_reward")
+
+
+def test_study_from_another_folder_writes_where_asked(validation):
+    user, proc, repo_runs_before, repo_runs_after = validation
+    for run in RUNS:
+        assert sorted((user / "relruns" / run).glob("checkpoint-*")), f"no checkpoints of {run} under the user's folder"
+    store = user / "rel"
+    for table in ("samples", "passk", "format", "phases", "retention", "hypothesis"):
+        assert (store / f"{table}.parquet").is_file(), table
+    assert not (store / "validate").exists()  # written where asked, not in a subfolder
+    passk = pd.read_parquet(store / "passk.parquet")
+    assert set(passk["run"]) == set(RUNS)
+    assert (passk["step"] == 0).any() and (passk["step"] == 60).any()
+    assert repo_runs_after == repo_runs_before  # nothing went to the repository's own runs folder
+    assert "results -> " + str(store) in proc.stdout
+
+
+def test_summary_to_a_pipe_is_a_whole_plain_table(validation):
+    """stdout is a pipe: the summary is a plain table with whole run names and verdicts, not cut at 80 columns;
+    no library progress bars or git noise inside ours."""
+    user, proc, *_ = validation
+    summary = proc.stdout.split("tina-probe lab: best checkpoint per run")[-1]
+    lines = [line for line in summary.splitlines() if line.startswith("| lab-")]
+    assert {line.split(" | ")[0][2:] for line in lines} == set(RUNS)
+    hyp = pd.read_parquet(user / "rel" / "hypothesis.parquet")
+    verdicts = dict(hyp[hyp.claim == "format_adaptation"][["run", "verdict"]].values)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[-1] == verdicts[cells[0]]
+    shown = proc.stdout + proc.stderr
+    for library_output in ("Loading weights", "Running loglikelihood requests", "not a git repository"):
+        assert library_output not in shown

