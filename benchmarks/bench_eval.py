@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from tina_probe.benchmarks import load_benchmark  # noqa: E402
+from tina_probe.benchmarks import load_benchmark, registry  # noqa: E402
 from tina_probe.evaluate import run_eval  # noqa: E402
 from tina_probe.generate.base import GenJob  # noqa: E402
 from tina_probe.generate.hf import HFGenerator  # noqa: E402
@@ -93,7 +93,7 @@ def make_lmeval_task(folder: Path, base: Path, problems) -> Path:
     data = folder / "problems.jsonl"
     data.write_text("".join(json.dumps({"id": p.id, "question": p.prompt, "answer": p.answer}) + "\n"
                             for p in problems))
-    answer_format = load_benchmark(BENCH).answer_format
+    answer_format = registry()[BENCH].answer_format
     (folder / "grade_lm.py").write_text(GRADER.format(base=str(base), max_tokens=MAX_TOKENS,
                                                       answer_format=answer_format))
     metrics = "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
