@@ -11,6 +11,7 @@ the suite and test the same path."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.slow
 RUNS = ("lab-planted-validate", "lab-control-validate")
 
 
+def _repo_runs() -> list:
+    """What the repository's own runs/ folder holds (the study must add nothing there)."""
+    return sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+
+
 @pytest.fixture(scope="module")
 def validation(tmp_path_factory):
     """`tina-probe lab validate --limit 48 --out rel --runs relruns`, run from a temporary folder."""
@@ -30,14 +36,14 @@ def validation(tmp_path_factory):
         if not (ROOT / base / "model.safetensors").is_file():
             pytest.skip(f"{base} is not shipped in this checkout")
     user = tmp_path_factory.mktemp("elsewhere")
-    repo_runs_before = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    repo_runs_before = _repo_runs()
     env = dict(os.environ, COLUMNS="80")
     proc = subprocess.run([sys.executable, "-m", "tina_probe.cli", "lab", "validate", "--limit", "48",
                            "--out", "rel", "--runs", "relruns"],
                           cwd=user, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    repo_runs_after = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
-    return user, proc, repo_runs_before, repo_runs_after
+    return SimpleNamespace(user=user, store=user / "rel", proc=proc, repo_runs_before=repo_runs_before,
+                           repo_runs_after=_repo_runs())
 
 
 def _verdict(hyp: pd.DataFrame, run: str, claim: str) -> pd.Series:
@@ -47,7 +53,7 @@ def _verdict(hyp: pd.DataFrame, run: str, claim: str) -> pd.Series:
 
 
 def test_planted_runs_read_supported(validation):
-    hyp = Store(validation[0] / "rel").read("hypothesis")
+    hyp = Store(validation.store).read("hypothesis")
     overall = _verdict(hyp, "lab-planted-validate", "format_adaptation")
     assert overall["verdict"] == "supported", overall["detail"]
     gd = _verdict(hyp, "lab-planted-validate", "gain_decomposition")
@@ -58,14 +64,14 @@ def test_planted_runs_read_supported(validation):
 
 
 def test_control_runs_read_not_supported(validation):
-    hyp = Store(validation[0] / "rel").read("hypothesis")
+    hyp = Store(validation.store).read("hypothesis")
     overall = _verdict(hyp, "lab-control-validate", "format_adaptation")
     assert overall["verdict"] == "not supported", overall["detail"]
     assert "no format transition" in _verdict(hyp, "lab-control-validate", "format_first")["detail"]
 
 
 def test_report_shows_both_conditions(validation):
-    store = validation[0] / "rel"
+    store = validation.store
     text = (store / "report" / "report.md").read_text()
     for run in RUNS:
         assert f"| {run} | format_adaptation" in text
@@ -74,28 +80,27 @@ def test_report_shows_both_conditions(validation):
 
 
 def test_study_from_another_folder_writes_where_asked(validation):
-    user, proc, repo_runs_before, repo_runs_after = validation
     for run in RUNS:
-        assert sorted((user / "relruns" / run).glob("checkpoint-*")), f"no checkpoints of {run} under the user's folder"
-    store = user / "rel"
+        assert sorted((validation.user / "relruns" / run).glob("checkpoint-*")), f"no checkpoints of {run} there"
+    store = validation.store
     for table in ("samples", "passk", "format", "phases", "retention", "hypothesis"):
         assert (store / f"{table}.parquet").is_file(), table
     assert not (store / "validate").exists()  # written where asked, not in a subfolder
     passk = pd.read_parquet(store / "passk.parquet")
     assert set(passk["run"]) == set(RUNS)
     assert (passk["step"] == 0).any() and (passk["step"] == 60).any()
-    assert repo_runs_after == repo_runs_before  # nothing went to the repository's own runs folder
-    assert "results -> " + str(store) in proc.stdout
+    assert validation.repo_runs_after == validation.repo_runs_before  # nothing in the repository's own runs/
+    assert "results -> " + str(store) in validation.proc.stdout
 
 
 def test_summary_to_a_pipe_is_a_whole_plain_table(validation):
     """stdout is a pipe: the summary is a plain table with whole run names and verdicts, not cut at 80 columns;
     no library progress bars or git noise inside ours."""
-    user, proc, *_ = validation
+    proc = validation.proc
     summary = proc.stdout.split("tina-probe lab: best checkpoint per run")[-1]
     lines = [line for line in summary.splitlines() if line.startswith("| lab-")]
     assert {line.split(" | ")[0][2:] for line in lines} == set(RUNS)
-    hyp = pd.read_parquet(user / "rel" / "hypothesis.parquet")
+    hyp = pd.read_parquet(validation.store / "hypothesis.parquet")
     verdicts = dict(hyp[hyp.claim == "format_adaptation"][["run", "verdict"]].values)
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
