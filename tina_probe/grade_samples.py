@@ -129,17 +129,15 @@ def normalize_samples(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def choice_benchmarks(df: pd.DataFrame, specs: dict | None = None) -> set[str]:
+def choice_benchmarks(df: pd.DataFrame, specs: dict) -> set[str]:
     """Benchmarks whose golds are choice letters: a registry entry read with a choice extraction, else (an unknown
     name) every gold a single letter A-J, so that GPQA / MMLU dumps are graded by their `Answer: X` lines."""
-    specs = registry() if specs is None else specs
     return {str(name) for name, golds in df.groupby("benchmark")["answer"]
             if golds_are_choices(specs.get(str(name)), golds)}
 
 
-def answer_formats(df: pd.DataFrame, specs: dict | None = None) -> dict[str, str]:
+def answer_formats(df: pd.DataFrame, specs: dict) -> dict[str, str]:
     """Each benchmark's answer format: its registry entry's, else think_boxed (the default format)."""
-    specs = registry() if specs is None else specs
     return {str(name): specs[str(name)].answer_format if str(name) in specs else "think_boxed"
             for name in df["benchmark"].unique()}
 
