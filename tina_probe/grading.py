@@ -15,6 +15,8 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from tina_probe.errors import TinaError
 from tina_probe.formats import (FormatReport, boxed_contents, canonical_boxes, final_region, format_report,
                                 thinking_required)
+from tina_probe.integer_answers import lenient_integer, plain_integer
+from tina_probe.slow_paths import slow_paths
 
 # Boxed answers first (priority 0), then the last LaTeX / plain expression: math-verify's own extraction.
 EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
@@ -178,17 +180,18 @@ def grade(
     answer_format: formats.ANSWER_FORMATS (think_boxed: after </think>; boxed: thinking tags optional)."""
     gold_text = choice_gold(gold) if choice else normalize_gold(gold)
     return _grade(completion, gold_text, bool(truncated), bool(think_in_prompt), _timeout(), bool(choice),
-                  str(answer_format))
+                  str(answer_format), not slow_paths())
 
 
 @lru_cache(maxsize=4096)  # completions can be long: a bounded cache (tens of MB at most)
 def _grade(
     completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None, choice: bool,
-    answer_format: str = "think_boxed",
+    answer_format: str = "think_boxed", fast: bool = True,
 ) -> Grade:
     """grade() of a normalized gold, cached: a sweep meets the same completion often (greedy checkpoints that
     agree, short sampled answers) and math-verify takes ~1 ms per parse. `timeout` (main thread or not) is part of
-    the key only: a parse cut by the alarm is not reused by a thread that would run it to the end."""
+    the key only: a parse cut by the alarm is not reused by a thread that would run it to the end. `fast`: plain
+    integers compared as integers where math-verify's reading is certain (integer_answers), else math-verify."""
     report = format_report(completion, truncated=truncated, think_in_prompt=think_in_prompt,
                            answer_format=answer_format)
     region = final_region(completion, think_in_prompt=think_in_prompt, answer_format=answer_format)
@@ -196,11 +199,37 @@ def _grade(
         closed = report.think_closed or not thinking_required(completion, think_in_prompt, answer_format)
         return _grade_choice(completion, gold_text, report, region if closed else "")
     after = boxed_contents(region)
+    gold_int = plain_integer(gold_text) if fast else None
+    if gold_int is not None:
+        return _grade_integer(completion, gold_text, gold_int, report, after)
     strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
     lenient_parsed = [] if strict else _parse(_scientific_boxes(canonical_boxes(completion)))
     # A strict-correct answer is found in the completion by definition: strict implies lenient.
     lenient = strict or _matches(gold_text, lenient_parsed)
     extracted = after[-1] if after else _extracted_text(lenient_parsed)
+    return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
+
+
+def _grade_integer(completion: str, gold_text: str, gold: int, report: FormatReport, after: list[str]) -> Grade:
+    """A math grade against a plain-integer gold (text and value): integers compared as integers where the answer
+    read is a plain integer in a shape math-verify reads only one way (integer_answers), math-verify elsewhere."""
+    strict = False
+    if report.well_formatted:
+        boxed = plain_integer(after[0])
+        strict = boxed == gold if boxed is not None else _matches(
+            gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
+    lenient_parsed: list = []
+    if strict:
+        lenient, read = True, None
+    else:
+        text = _scientific_boxes(canonical_boxes(completion))
+        read = lenient_integer(text)
+        if read is not None:
+            lenient = int(read) == gold
+        else:
+            lenient_parsed = _parse(text)
+            lenient = _matches(gold_text, lenient_parsed)
+    extracted = after[-1] if after else read if read is not None else _extracted_text(lenient_parsed)
     return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
 
 

@@ -1,0 +1,16 @@
+"""One switch back to the code paths as they were before the speed work (issue 22), read here and nowhere else.
+
+`benchmarks/bench_study.py --before` sets it so the old and new paths are timed side by side in one run; tests set
+it to check that a fast path gives the same results as the reference path it replaces."""
+
+from __future__ import annotations
+
+import os
+
+ENV = "TINA_PROBE_SLOW_PATHS"
+
+
+def slow_paths() -> bool:
+    """True when TINA_PROBE_SLOW_PATHS=1: math-verify grades every answer, file identities are read per call, each
+    checkpoint loads its base SVDs again."""
+    return os.environ.get(ENV, "") == "1"
