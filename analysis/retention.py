@@ -23,7 +23,7 @@ from analysis.kl import TokenMean, masked_sums, perplexity, token_kl, token_mean
 from analysis.retention_probes import Probe, read_prompts, resolve_probes
 from tina_probe.errors import TinaError
 from tina_probe.generate.hf import adapter_name, batch_seed, split_completion
-from tina_probe.runs import Checkpoint, discover_runs, weights_identity
+from tina_probe.runs import Checkpoint, checkpoint_identity, discover_runs
 from tina_probe.store import Store, stable_key
 
 log = logging.getLogger(__name__)
@@ -481,7 +481,7 @@ def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings:
 def _unit_key(ck: Checkpoint, probe: Probe, limit: int | None, settings: RetentionSettings) -> str:
     """Resume key of one (checkpoint path, probe) unit; the checkpoint's files (and an adapter's base's) are part of
     it, so a checkpoint saved again under the same path is probed again."""
-    files = weights_identity(ck.path), weights_identity(ck.base) if ck.kind == "lora" else None
+    files = checkpoint_identity(ck)
     return f"{probe.name}-{stable_key('retention', str(ck.path), ck.kind, probe.key, limit, asdict(settings), files)}"
 
 

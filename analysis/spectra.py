@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from analysis import spectra_math as sm
 from tina_probe.errors import TinaError
-from tina_probe.runs import weights_identity
+from tina_probe.runs import checkpoint_identity
 from tina_probe.store import Store, atomic_write_bytes, stable_key
 
 log = logging.getLogger(__name__)
@@ -567,8 +567,7 @@ def _part_key(ckpt, prev, settings: tuple) -> str:
     """The resume key of one checkpoint: run@step, then a hash of what its rows depend on: its files (and an
     adapter's base's), the previous checkpoint's files (subspace_sim_prev) and the analysis settings; a checkpoint
     saved again, or another --top, is analysed again (and its new part outranks the old one: newest_last)."""
-    files = (weights_identity(ckpt.path), weights_identity(ckpt.base) if ckpt.kind == "lora" else None,
-             None if prev is None else (str(prev.path), weights_identity(prev.path)))
+    files = (*checkpoint_identity(ckpt), None if prev is None else (str(prev.path), checkpoint_identity(prev)[0]))
     return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', str(ckpt.path), files, *settings)}"
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from tina_probe.errors import TinaError
+from tina_probe.slow_paths import slow_paths
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,22 @@ def weights_identity(path: Path | str) -> tuple:
         return (str(path),)
     files = sorted(f for f in folder.iterdir() if f.suffix == ".safetensors" or f.name in _IDENTITY_FILES)
     return tuple((f.name, st.st_size, st.st_mtime_ns) for f in files if (st := f.stat()))
+
+
+def checkpoint_identity(ck: Checkpoint) -> tuple[tuple, tuple | None]:
+    """(a checkpoint's files, its base's files for LoRA else None) as discovery read them, so resume keys touch no
+    disk; read now only for a Checkpoint built without them, or with TINA_PROBE_SLOW_PATHS=1 (the old per-call path).
+    Equal in value to weights_identity(ck.path), weights_identity(ck.base)."""
+    slow = slow_paths()
+    files = ck.files
+    if slow or not files:
+        files = weights_identity(ck.path)
+    elif len(files) == 1 and isinstance(files[0], str):  # not a folder (a hub id): named by its path, as
+        files = (str(ck.path),)                           # weights_identity(ck.path) names it
+    if ck.kind != "lora":
+        return files, None
+    base_files = ck.base_files if ck.base_files is not None and not slow else weights_identity(ck.base)
+    return files, base_files
 
 
 # ----------------------------------------------------------------------------- discovery
