@@ -1,0 +1,378 @@
+"""Benchmark: the lab study's stages (train, eval, spectra, phase, retention, dynamics, hypothesis) at a small size,
+each with its wall and CPU seconds, the work it did and its floor on this machine; today's code and the code paths as
+they were before the speed work (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call)
+side by side in one run.
+
+The floor of a stage is the least time its arithmetic and weight reads can take here: FLOPs done / the matmul FLOP/s
+torch reaches on the same threads, and for decoding the weight bytes read per decoding step / the measured memory
+bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-").
+Every stage runs `tina-probe` in a child process with OMP_NUM_THREADS=1 (the study's own setting for side-by-side
+runs); CPU seconds are the children's. On a shared machine the wall clock swings 2-10x: compare CPU seconds, and
+before/after only within one run.
+
+Run: python benchmarks/bench_study.py [--quick] [--no-before] [--keep DIR]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from tina_probe.runs import training_log  # noqa: E402
+from tina_probe.slow_paths import ENV as SLOW_ENV  # noqa: E402
+
+RECIPES = ("lab-lora-r8", "lab-full")
+THREADS = 1
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much of the study one bench run does."""
+
+    steps: int
+    save_steps: int
+    eval_n: int
+    eval_limit: int
+    probes: tuple[str, ...]
+    probe_limit: int
+
+
+QUICK = Size(steps=4, save_steps=2, eval_n=2, eval_limit=12, probes=("lab_facts_mc", "kl_general"), probe_limit=8)
+SMALL = Size(steps=16, save_steps=4, eval_n=4, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16)
+
+
+@dataclass
+class Stage:
+    """One stage's measurement: seconds, the work done, and its floor (seconds; None where none applies)."""
+
+    name: str
+    wall: float = 0.0
+    cpu: float = 0.0
+    ok: bool = True
+    work: dict = field(default_factory=dict)
+    floor: float | None = None
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def matmul_flops(threads: int) -> float:
+    """FLOP/s of a float32 1024x1024 matmul on `threads` threads, best of several (the compute floor's rate)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(8):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024**3 / best
+
+
+def memory_bandwidth(threads: int) -> float:
+    """Bytes/s of copying a 256 MB float32 tensor (read + write), best of several (the decoding floor's rate)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(64 * 1024 * 1024)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        y.copy_(x)
+        best = min(best, time.perf_counter() - t)
+    return 2 * x.numel() * 4 / best
+
+
+def weight_params(folder: Path) -> int:
+    """Parameters of a model folder's safetensors (the lab base: ~2.2M)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def matrix_shapes(folder: Path) -> dict[str, tuple[int, int]]:
+    """module path ('layers.N.<...>.<module>') -> shape of every 2-D weight of a model folder."""
+    from analysis.spectra import SafetensorsWeights, _weight_index
+
+    weights = SafetensorsWeights(folder)
+    return {canon: weights.shape(key) for canon, key in _weight_index(weights, layers_only=False).items()}
+
+
+def svd_flops(m: int, n: int) -> float:
+    """FLOPs of a thin SVD with left vectors (Golub & Van Loan's R-SVD count: 6mn^2 + 20n^3, m >= n)."""
+    m, n = max(m, n), min(m, n)
+    return 6 * m * n * n + 20 * n**3
+
+
+# ----------------------------------------------------------------------------- running a stage
+
+
+def cli(args: list[str], *, slow: bool, log: Path) -> bool:
+    """Run `tina-probe ARGS` in a child process with one thread (and the old paths when `slow`); True on success."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop(SLOW_ENV, None)
+    if slow:
+        env[SLOW_ENV] = "1"
+    with open(log, "a") as out:
+        return subprocess.run([sys.executable, "-m", "tina_probe.cli", *args], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, cwd=ROOT).returncode == 0
+
+
+def timed(name: str, calls: list[list[str]], *, slow: bool, log: Path) -> Stage:
+    """One stage: its CLI calls in turn, wall and children's CPU seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, t0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
+    ok = all(cli(args, slow=slow, log=log) for args in calls)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Stage(name, wall=time.perf_counter() - t0, cpu=usage.ru_utime + usage.ru_stime - cpu0, ok=ok)
+
+
+# ----------------------------------------------------------------------------- the work each stage did
+
+
+def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, float]:
+    """Steps, completions, tokens generated and trained; floor = sampling (max of FLOPs and weight reads per decoding
+    step) + forward and backward (6 FLOPs per parameter per trained token: the whole backward runs for LoRA too)."""
+    steps = completions = tokens = passes = 0.0
+    for run_dir in run_dirs:
+        recipe = json.loads((run_dir / "tina_run.json").read_text()).get("recipe", {})
+        grpo = recipe.get("grpo", {})
+        per_step = int(grpo.get("prompts_per_step", 8)) * int(grpo.get("num_generations", 8))
+        log = training_log(run_dir)
+        lengths = log[log.metric == "completion_length"].value
+        longest = log[log.metric == "completion_max_length"].value
+        steps += len(lengths)
+        completions += per_step * len(lengths)
+        tokens += per_step * float(lengths.sum())
+        passes += float(longest.sum()) if len(longest) else float(lengths.sum())
+    flops_gen, flops_train = 2 * n_params * tokens, 6 * n_params * tokens
+    floor = max(flops_gen / rates["flops"], passes * 4 * n_params / rates["bandwidth"]) + flops_train / rates["flops"]
+    return dict(steps=int(steps), completions=int(completions), tokens_generated=int(tokens),
+                tokens_trained=int(tokens), gflop=round((flops_gen + flops_train) / 1e9, 1)), floor
+
+
+def eval_work(out: Path, n_params: int, rates: dict) -> tuple[dict, float]:
+    """Completions and tokens generated (samples table); floor = max(FLOPs, one weight read per decoding step of
+    each model and benchmark: at least its longest completion's steps)."""
+    samples = pd.read_parquet(out / "samples.parquet")
+    tokens = float(samples.n_tokens.sum())
+    model = samples.run.where(samples.kind != "base", "base")
+    passes = float(samples.assign(model=model).groupby(["model", "step", "benchmark"]).n_tokens.max().sum())
+    floor = max(2 * n_params * tokens / rates["flops"], passes * 4 * n_params / rates["bandwidth"])
+    return dict(completions=len(samples), tokens_generated=int(tokens)), floor
+
+
+def spectra_work(out: Path, shapes: dict, rates: dict) -> tuple[dict, float]:
+    """Matrices decomposed (spectra rows); floor = thin SVDs: each updated W_t (intruders), each full-FT ΔW, and each
+    base matrix once."""
+    df = pd.read_parquet(out / "spectra.parquet")
+    flops = 0.0
+    for kind, path in zip(df.kind, df.module_path):
+        m, n = shapes.get(path, (0, 0))
+        flops += svd_flops(m, n) * (2 if kind == "full" else 1)
+    flops += sum(svd_flops(*shapes[p]) for p in set(df.module_path) if p in shapes)
+    return dict(matrices=len(df), gflop=round(flops / 1e9, 2)), flops / rates["flops"]
+
+
+def retention_work(out: Path, size: Size) -> dict:
+    """Retention items: (checkpoint, probe) units x the probe limit."""
+    df = pd.read_parquet(out / "retention.parquet")
+    units = df.drop_duplicates(["run", "step", "probe"]).shape[0]
+    return dict(units=units, items=units * size.probe_limit)
+
+
+def rows_of(out: Path, table: str) -> dict:
+    path = out / f"{table}.parquet"
+    return {f"{table}_rows": len(pd.read_parquet(path))} if path.is_file() else {}
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One side of the comparison: its folders and whether it runs the old paths."""
+
+    root: Path
+    slow: bool
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "bench.log"
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [self.runs / f"{r}-bench" for r in RECIPES]
+
+
+def stage_calls(name: str, v: Variant, size: Size) -> list[list[str]]:
+    """The `tina-probe` calls of one stage, as the study makes them (tina_probe/lab/study.py), at this size."""
+    ckpts = [str(d) for d in v.run_dirs]
+    if name == "train":
+        sets = sum((["--set", o] for o in (f"grpo.max_steps={size.steps}", f"grpo.save_steps={size.save_steps}")), [])
+        return [["train", "--recipe", str(ROOT / "train" / "recipes" / f"{r}.yaml"), "--out", str(v.runs),
+                 "--set", f"name={r}-bench", *sets] for r in RECIPES]
+    if name == "eval":
+        return [["eval", "--ckpts", *ckpts, "--benchmarks", "lab-test,lab-probe", "--n", str(size.eval_n),
+                 "--limit", str(size.eval_limit), "--max-tokens", "64", "--seed", "0", "--out", str(v.out)]]
+    if name == "spectra":
+        return [["spectra", "--ckpts", *ckpts, "--out", str(v.out)]]
+    if name == "phase":
+        return [["phase", "--runs", *ckpts, "--out", str(v.out)]]
+    if name == "retention":
+        return [["retention", "--ckpts", *ckpts, "--probes", ",".join(size.probes), "--limit", str(size.probe_limit),
+                 "--out", str(v.out)]]
+    return [[name, "--out", str(v.out)]]
+
+
+def stage_work(stage: Stage, v: Variant, size: Size, machine: dict) -> None:
+    """Fill in the work a finished stage did and its floor, from what it wrote."""
+    if not stage.ok:
+        return
+    if stage.name == "train":
+        stage.work, stage.floor = train_work(v.run_dirs, machine["params"], machine)
+    elif stage.name == "eval":
+        stage.work, stage.floor = eval_work(v.out, machine["params"], machine)
+    elif stage.name == "spectra":
+        stage.work, stage.floor = spectra_work(v.out, machine["shapes"], machine)
+    elif stage.name == "retention":
+        stage.work = retention_work(v.out, size)
+    else:
+        stage.work = rows_of(v.out, {"phase": "phases", "dynamics": "problem_dynamics"}.get(stage.name, stage.name))
+
+
+STAGES = ("train", "eval", "spectra", "phase", "retention", "dynamics", "hypothesis")
+
+
+def study(variants: list[Variant], size: Size, machine: dict) -> list[list[Stage]]:
+    """Every stage in the study's order; within a stage each variant in turn, the order alternating from stage to
+    stage so neither side always meets the colder caches. Returns one list of stages per variant."""
+    for v in variants:
+        v.root.mkdir(parents=True, exist_ok=True)
+        cli(["--help"], slow=v.slow, log=v.log)  # warm the file cache: imports cost the same on both sides
+    results: list[list[Stage]] = [[] for _ in variants]
+    for i, name in enumerate(STAGES):
+        order = list(range(len(variants)))
+        if i % 2:
+            order.reverse()
+        for j in order:
+            v = variants[j]
+            stage = timed(name, stage_calls(name, v, size), slow=v.slow, log=v.log)
+            stage_work(stage, v, size, machine)
+            results[j].append(stage)
+    return results
+
+
+# ----------------------------------------------------------------------------- same science
+
+
+TABLES = ("samples", "passk", "format", "spectra", "retention", "problem_dynamics", "hypothesis")
+
+
+def comparable(v: Variant, table: str) -> pd.DataFrame | None:
+    """A table of one variant with its own folder names taken out of text cells, rows in a fixed order."""
+    path = v.out / f"{table}.parquet"
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    for col in df.columns:
+        if pd.api.types.is_object_dtype(df[col]) or pd.api.types.is_string_dtype(df[col]):
+            df[col] = df[col].map(lambda x: x.replace(str(v.root), "<root>") if isinstance(x, str) else x)
+    keys = [c for c in df.columns if df[c].map(lambda x: isinstance(x, (str, int, float, bool))).all()]
+    return df.sort_values(keys).reset_index(drop=True) if keys else df
+
+
+def same_results(a: Variant, b: Variant) -> None:
+    """Whether today's code and the old paths wrote the same tables (same seeds: they must, cell for cell)."""
+    for table in TABLES:
+        x, y = comparable(a, table), comparable(b, table)
+        if x is None or y is None:
+            print(f"  {table}: missing on {'today' if x is None else 'before'}'s side")
+            continue
+        try:
+            pd.testing.assert_frame_equal(x, y, check_exact=True)
+            print(f"  {table}: identical ({len(x)} rows)")
+        except AssertionError as exc:
+            print(f"  {table}: DIFFERS: {str(exc).splitlines()[0]}")
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def fmt_work(work: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in work.items()) or "-"
+
+
+def report(after: list[Stage], before: list[Stage] | None) -> None:
+    """One line per stage: wall, CPU, floor and CPU/floor for today's code, then the old paths and the ratio."""
+    head = f"{'stage':<10} {'wall s':>8} {'cpu s':>8} {'floor s':>9} {'cpu/floor':>10}"
+    if before:
+        head += f" | {'before wall':>11} {'before cpu':>10} {'cpu before/after':>16}"
+    print(head + "  work (today's code)")
+    pairs = zip(after, before) if before else ((a, None) for a in after)
+    for a, b in pairs:
+        floor = f"{a.floor:9.3f}" if a.floor else f"{'-':>9}"
+        ratio = f"{a.cpu / a.floor:10.0f}" if a.floor else f"{'-':>10}"
+        line = f"{a.name:<10} {a.wall:8.1f} {a.cpu:8.1f} {floor} {ratio}"
+        if b is not None:
+            line += f" | {b.wall:11.1f} {b.cpu:10.1f} {b.cpu / max(a.cpu, 1e-9):16.2f}"
+        flag = "" if a.ok and (b is None or b.ok) else "  (FAILED: see bench.log)"
+        print(line + "  " + fmt_work(a.work) + flag)
+    total_a = sum(s.cpu for s in after)
+    if before:
+        total_b = sum(s.cpu for s in before)
+        print(f"{'total':<10} {sum(s.wall for s in after):8.1f} {total_a:8.1f} {'':>9} {'':>10} | "
+              f"{sum(s.wall for s in before):11.1f} {total_b:10.1f} {total_b / max(total_a, 1e-9):16.2f}")
+    else:
+        print(f"{'total':<10} {sum(s.wall for s in after):8.1f} {total_a:8.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 GRPO steps per run, 12 problems: a smoke run of a few "
+                    "minutes")
+    ap.add_argument("--no-before", action="store_true", help="today's code only (no side-by-side old paths)")
+    ap.add_argument("--keep", type=Path, default=None, help="keep runs, results and bench.log here")
+    args = ap.parse_args()
+    size = QUICK if args.quick else SMALL
+    base = ROOT / "data" / "lab" / "base"
+    machine = dict(flops=matmul_flops(THREADS), bandwidth=memory_bandwidth(THREADS), params=weight_params(base),
+                   shapes=matrix_shapes(base))
+    print(f"machine: matmul {machine['flops'] / 1e9:.1f} GFLOP/s, memory {machine['bandwidth'] / 1e9:.1f} GB/s "
+          f"({THREADS} thread); lab base {machine['params'] / 1e6:.2f}M parameters; size: {size}")
+    with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
+        root = args.keep.resolve() if args.keep else Path(tmp)
+        # Each variant trains its own runs from the same seeds and analyses them in its own store.
+        variants = [Variant(root / "after", slow=False)] + ([] if args.no_before else [Variant(root / "before", True)])
+        stages = study(variants, size, machine)
+        report(stages[0], stages[1] if len(stages) > 1 else None)
+        if len(variants) > 1:
+            print("same results, today's code vs the old paths:")
+            same_results(*variants)
+        print(f"logs: {root}/*/bench.log" + ("" if args.keep else " (removed at exit; --keep DIR keeps them)"))
+
+
+if __name__ == "__main__":
+    main()
