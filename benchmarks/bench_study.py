@@ -1,7 +1,9 @@
-"""Benchmark: the lab study's stages (train, eval, spectra, phase, retention, dynamics, hypothesis) at a small size,
-each with its wall and CPU seconds, the work it did and its floor on this machine; today's code and the code paths as
-they were before the speed work (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call)
-side by side in one run.
+"""Benchmark: the lab study's stages, each against its floor on this machine, today's code beside the old paths.
+
+The stages (train, eval, spectra, phase, retention, dynamics, hypothesis) run at a small size, each with its wall and
+CPU seconds, the work it did and its floor; today's code and the code paths as they were before the speed work
+(TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call) side by side in one run, and the
+tables the two sides wrote compared cell for cell (same seeds: they must be identical).
 
 The floor of a stage is the least time its arithmetic and weight reads can take here: FLOPs done / the matmul FLOP/s
 torch reaches on the same threads, and for decoding the weight bytes read per decoding step / the measured memory
@@ -145,24 +147,30 @@ def timed(name: str, calls: list[list[str]], *, slow: bool, log: Path) -> Stage:
 
 
 def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, float]:
-    """Steps, completions, tokens generated and trained; floor = sampling (max of FLOPs and weight reads per decoding
-    step) + forward and backward (6 FLOPs per parameter per trained token: the whole backward runs for LoRA too)."""
-    steps = completions = tokens = passes = 0.0
+    """Steps, completions, tokens generated and trained (TRL's num_tokens: prompts and completions), seconds inside the
+    steps (TRL's step_time; the rest of the stage is process start, loading and saving); floor = sampling (max of its
+    FLOPs and one weight read per decoding step) + the policy's forward and backward (6 FLOPs per parameter per token:
+    the whole backward runs for LoRA too). The reference model's forward (beta > 0) is left out: a lower bound."""
+    steps = completions = generated = trained = passes = in_steps = 0.0
     for run_dir in run_dirs:
         recipe = json.loads((run_dir / "tina_run.json").read_text()).get("recipe", {})
         grpo = recipe.get("grpo", {})
         per_step = int(grpo.get("prompts_per_step", 8)) * int(grpo.get("num_generations", 8))
         log = training_log(run_dir)
-        lengths = log[log.metric == "completion_length"].value
-        longest = log[log.metric == "completion_max_length"].value
+        metric = {name: log[log.metric == name].value for name in
+                  ("completion_length", "completion_max_length", "num_tokens", "step_time")}
+        lengths = metric["completion_length"]
         steps += len(lengths)
         completions += per_step * len(lengths)
-        tokens += per_step * float(lengths.sum())
-        passes += float(longest.sum()) if len(longest) else float(lengths.sum())
-    flops_gen, flops_train = 2 * n_params * tokens, 6 * n_params * tokens
+        generated += per_step * float(lengths.sum())
+        trained += float(metric["num_tokens"].max()) if len(metric["num_tokens"]) else per_step * float(lengths.sum())
+        passes += float(metric["completion_max_length"].sum()) if len(metric["completion_max_length"]) else 0.0
+        in_steps += float(metric["step_time"].sum())
+    flops_gen, flops_train = 2 * n_params * trained, 6 * n_params * trained
     floor = max(flops_gen / rates["flops"], passes * 4 * n_params / rates["bandwidth"]) + flops_train / rates["flops"]
-    return dict(steps=int(steps), completions=int(completions), tokens_generated=int(tokens),
-                tokens_trained=int(tokens), gflop=round((flops_gen + flops_train) / 1e9, 1)), floor
+    return dict(steps=int(steps), completions=int(completions), tokens_generated=int(generated),
+                tokens_trained=int(trained), gflop=round((flops_gen + flops_train) / 1e9, 1),
+                seconds_in_steps=round(in_steps, 1)), floor
 
 
 def eval_work(out: Path, n_params: int, rates: dict) -> tuple[dict, float]:

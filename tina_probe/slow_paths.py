@@ -11,6 +11,6 @@ ENV = "TINA_PROBE_SLOW_PATHS"
 
 
 def slow_paths() -> bool:
-    """True when TINA_PROBE_SLOW_PATHS=1: math-verify grades every answer, file identities are read per call, each
-    checkpoint loads its base SVDs again."""
+    """True when TINA_PROBE_SLOW_PATHS=1: math-verify grades every answer (grading), and resume keys read each
+    checkpoint's file identity again (runs.checkpoint_identity)."""
     return os.environ.get(ENV, "") == "1"
