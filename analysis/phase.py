@@ -4,7 +4,9 @@ does its best checkpoint sit relative to that shift.
 A curve is modelled as piecewise constant plus noise. Change points come from ruptures (PELT and binary
 segmentation) with a BIC-style penalty scaled by a noise estimate; each change point gets a range from a moving
 block bootstrap of the residuals around the fitted steps. Tables written: `phases` (one row per change point and
-method), `phase_summary` (one row per run), `training_curves` (the tidy training logs, for the report).
+method), `phase_summary` (one row per run), `phase_status` (one row per curve and method: changes, no change or too short,
+with its point count), `training_curves` (the tidy training logs, for the report). Eval curves carry the noise of
+rule R2 (analysis/rules.py); the detection itself is analysis/changepoints.py.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import ruptures as rpt
-from ruptures.base import BaseCost
-from ruptures.exceptions import BadSegmentationParameters
 from tqdm import tqdm
 
+from analysis.changepoints import (  # noqa: F401  (re-exported: the detection API lived here before the split)
+    CI_LEVEL, MAX_GRID, METHODS, MIN_POINTS, MIN_SIZE, N_BOOT, PENALTY_C, PRIMARY_METHOD, ChangePoint,
+    CostMeanShift, StepDetector, bic_penalty, block_bootstrap_index, curve_change_points, diff_sigma, fitted_sigma,
+    piecewise_means)
+from analysis.rules import PhaseRules
 from analysis.selection import BestChoice, best_choice, selection_table
 from tina_probe.errors import TinaError
 from tina_probe.runs import training_log
@@ -30,19 +33,6 @@ from tina_probe.store import Store
 log = logging.getLogger(__name__)
 
 Z975 = 1.959964  # normal quantile of a two-sided 95% interval (eval CIs are 95%)
-# Penalty per change point = PENALTY_C * sigma^2 * log(n): the MBIC-like constant 3 (Zhang & Siegmund 2007;
-# R's changepoint package uses 3 log n for MBIC). Measured here on pure Gaussian noise with known sigma: 2-3% of
-# curves of 8-100 points get a spurious change; with sigma estimated (fitted_sigma): 10% at 13 points, 3% at 30,
-# 2% at 100.
-PENALTY_C = 3.0
-MIN_POINTS = 6  # curves with fewer points are not segmented (a warning names them)
-MIN_SIZE = 2  # shortest segment, in points
-MAX_GRID = 200  # longer curves place change points on a grid of about this many positions (ruptures' jump)
-N_BOOT = 200  # bootstrap refits per curve and method
-CI_LEVEL = 95.0  # the range of a change point is the central CI_LEVEL% of its bootstrap positions
-METHODS = ("pelt", "binseg")
-PRIMARY_METHOD = "pelt"  # the method whose rows phase_summary and the hypothesis tests read
-
 TRAIN_METRICS = ("format_reward", "accuracy_reward", "reward", "completion_length", "clipped_ratio", "kl",
                  "entropy", "frac_reward_zero_std", "clip_ratio", "loss")
 # training dynamics read beside the format transition (phase_summary: each one's largest change and its lag)
@@ -53,192 +43,6 @@ FORMAT_METRICS = (("eval", "format_rate"), ("train", "format_reward"))  # prefer
 PHASE_COLUMNS = ["run", "metric", "change_step", "change_step_low", "change_step_high", "method", "size",
                  "n_points", "source", "benchmark", "support", "sigma", "penalty"]
 CURVE_COLUMNS = ["run", "source", "benchmark", "metric", "step", "value", "sigma"]
-
-
-# ----------------------------------------------------------------------------- detection
-
-
-class CostMeanShift(BaseCost):
-    """Least-squares cost of a constant-mean segment from prefix sums.
-
-    ruptures' CostL2 gives the same numbers but recomputes each slice's variance (O(n) per segment), which makes
-    the bootstrap's hundreds of PELT refits about 8x slower; prefix sums make each segment O(1)."""
-
-    model = "l2_prefix"
-    min_size = 1
-
-    def fit(self, signal) -> "CostMeanShift":
-        """Precompute prefix sums of the (centred, for float precision) signal."""
-        y = np.asarray(signal, dtype=float).reshape(len(signal), -1)[:, 0]
-        y = y - y.mean()
-        self.signal = y.reshape(-1, 1)
-        self._s1 = np.concatenate([[0.0], np.cumsum(y)])
-        self._s2 = np.concatenate([[0.0], np.cumsum(y * y)])
-        return self
-
-    def error(self, start, end) -> float:
-        """Sum of squared deviations from the segment mean on [start, end)."""
-        n = end - start
-        s = self._s1[end] - self._s1[start]
-        return max(0.0, float(self._s2[end] - self._s2[start] - s * s / n))
-
-
-def diff_sigma(values) -> float:
-    """Noise standard deviation from first differences, sd(diff) / sqrt(2): an upper bound when the curve jumps."""
-    d = np.diff(np.asarray(values, dtype=float))
-    return float(np.std(d)) / math.sqrt(2) if len(d) else 0.0
-
-
-def fitted_sigma(values, method: str = "pelt", *, penalty_c: float = PENALTY_C, min_size: int = MIN_SIZE,
-                 max_grid: int = MAX_GRID, max_iter: int = 20) -> float:
-    """Noise standard deviation as the residual sd of the curve's own segmentation, iterated to a fixed point.
-
-    Starts from diff_sigma (too high when there are jumps, so few change points), segments, takes the residual
-    sd (one degree of freedom per segment mean), and repeats until it settles. Measured against the MAD of
-    first differences on Gaussian noise: spurious changes in 10% vs 16% of 13-point curves, 3% vs 10% at 30
-    points; the MAD, which uses only the middle of the differences, is too noisy on short curves."""
-    y = np.asarray(values, dtype=float)
-    n = len(y)
-    sigma = diff_sigma(y)
-    for _ in range(max_iter):
-        if sigma <= 0:
-            return 0.0
-        det = StepDetector(method, sigma=sigma, penalty_c=penalty_c, min_size=min_size, max_grid=max_grid)
-        bkps = det.fit_predict(y)
-        resid = y - piecewise_means(y, bkps)
-        new = math.sqrt(float(resid @ resid) / max(n - len(bkps), 1))
-        settled = abs(new - sigma) <= 1e-3 * sigma
-        sigma = new
-        if settled:
-            break
-    return sigma
-
-
-def bic_penalty(sigma: float, n: int, c: float = PENALTY_C) -> float:
-    """Penalty per change point for a least-squares cost: c * sigma^2 * log(n)."""
-    return c * sigma * sigma * math.log(max(n, 2))
-
-
-class StepDetector:
-    """Mean-shift change points with a noise-scaled penalty; fit/predict like ruptures' estimators.
-
-    predict() returns ruptures' breakpoints: sorted indices where a new segment starts, the last being n."""
-
-    def __init__(self, method: str = PRIMARY_METHOD, *, sigma: float | None = None, penalty_c: float = PENALTY_C,
-                 min_size: int = MIN_SIZE, max_grid: int = MAX_GRID):
-        if method not in METHODS:
-            raise TinaError(f"method {method!r}: unknown; choose one of {', '.join(METHODS)}")
-        self.method, self.sigma, self.penalty_c = method, sigma, penalty_c
-        self.min_size, self.max_grid = min_size, max_grid
-
-    def fit(self, signal) -> "StepDetector":
-        """Estimate the noise (unless given) and the penalty, and fit the ruptures estimator."""
-        y = np.asarray(signal, dtype=float)
-        self.n_, self.signal_ = len(y), y
-        self.sigma_ = (float(self.sigma) if self.sigma is not None else
-                       fitted_sigma(y, self.method, penalty_c=self.penalty_c, min_size=self.min_size,
-                                    max_grid=self.max_grid))
-        self.penalty_ = bic_penalty(self.sigma_, self.n_, self.penalty_c)
-        self.jump_ = max(1, math.ceil(self.n_ / self.max_grid))
-        algo = rpt.Pelt if self.method == "pelt" else rpt.Binseg
-        self.algo_ = algo(custom_cost=CostMeanShift(), min_size=self.min_size, jump=self.jump_)
-        self.algo_.fit(y)
-        return self
-
-    def predict(self, pen: float | None = None) -> list[int]:
-        """Breakpoints for the fitted signal; `pen` overrides the noise-scaled penalty."""
-        pen = self.penalty_ if pen is None else pen
-        if self.n_ < max(MIN_POINTS, 2 * self.min_size):
-            return [self.n_]  # too short to segment
-        if pen <= 0:  # a noiseless curve: every change of value is a change point
-            return [int(i) + 1 for i in np.flatnonzero(np.diff(self.signal_) != 0)] + [self.n_]
-        try:
-            return [int(b) for b in self.algo_.predict(pen=pen)]
-        except BadSegmentationParameters:
-            return [self.n_]
-
-    def fit_predict(self, signal, pen: float | None = None) -> list[int]:
-        """fit then predict."""
-        return self.fit(signal).predict(pen)
-
-
-def piecewise_means(values, bkps: list[int]) -> np.ndarray:
-    """The piecewise-constant fit: each segment replaced by its mean."""
-    y = np.asarray(values, dtype=float)
-    fit = np.empty_like(y)
-    start = 0
-    for end in bkps:
-        fit[start:end] = y[start:end].mean()
-        start = end
-    return fit
-
-
-def block_bootstrap_index(n: int, block: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a moving block bootstrap: random blocks of consecutive positions, concatenated, cut to n."""
-    block = max(1, min(block, n))
-    starts = rng.integers(0, n - block + 1, size=math.ceil(n / block))
-    return (starts[:, None] + np.arange(block)[None, :]).reshape(-1)[:n]
-
-
-@dataclass(frozen=True)
-class ChangePoint:
-    """One change of a curve: where (as an index and a step), its bootstrap range, and the jump in level."""
-
-    index: int  # first point of the new segment
-    change_step: float
-    change_step_low: float
-    change_step_high: float
-    size: float  # mean after - mean before (adjacent segments)
-    support: float  # share of bootstrap refits that found a change in this change point's neighbourhood
-
-
-def curve_change_points(steps, values, *, method: str = PRIMARY_METHOD, sigma: float | None = None,
-                        n_boot: int = N_BOOT, seed: int = 0) -> tuple[list[ChangePoint], float, float]:
-    """Change points of one curve with bootstrap ranges; returns (change points, sigma, penalty).
-
-    The range: residuals around the fitted steps are resampled in blocks of ~n^(1/3) points (the usual block
-    length rule, which keeps short-range autocorrelation), added back to the fit, and refitted with the same
-    penalty; each change point takes the nearest refitted change inside its neighbourhood (half way to the next
-    change point on either side). The range is the central CI_LEVEL% of those positions, widened to hold the
-    estimate itself."""
-    steps = np.asarray(steps, dtype=float)
-    y = np.asarray(values, dtype=float)
-    det = StepDetector(method, sigma=sigma).fit(y)
-    bkps = det.predict()
-    cps_idx = bkps[:-1]
-    if not cps_idx:
-        return [], det.sigma_, det.penalty_
-    fit = piecewise_means(y, bkps)
-    resid = y - fit
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    block = max(1, round(n ** (1 / 3)))
-    edges = [0.0] + [(a + b) / 2 for a, b in zip(cps_idx[:-1], cps_idx[1:])] + [float(n)]
-    found: list[list[int]] = [[] for _ in cps_idx]
-    refit = StepDetector(method, sigma=det.sigma_)
-    for _ in range(n_boot):
-        y_star = fit + resid[block_bootstrap_index(n, block, rng)]
-        star = np.array(refit.fit(y_star).predict(det.penalty_)[:-1])
-        for j, cp in enumerate(cps_idx):
-            near = star[(star > edges[j]) & (star <= edges[j + 1])] if len(star) else star
-            if len(near):
-                found[j].append(int(near[np.argmin(np.abs(near - cp))]))
-    tail = (100.0 - CI_LEVEL) / 2
-    out = []
-    seg_edges = [0] + bkps
-    for j, cp in enumerate(cps_idx):
-        est = steps[cp]
-        if found[j]:
-            pos = steps[np.array(found[j])]
-            low = min(est, float(np.percentile(pos, tail, method="lower")))
-            high = max(est, float(np.percentile(pos, 100 - tail, method="higher")))
-        else:
-            low = high = est
-        before = y[seg_edges[j]:cp].mean()
-        after = y[cp:seg_edges[j + 2]].mean()
-        out.append(ChangePoint(index=int(cp), change_step=float(est), change_step_low=low, change_step_high=high,
-                               size=float(after - before), support=len(found[j]) / n_boot if n_boot else np.nan))
-    return out, det.sigma_, det.penalty_
 
 
 # ----------------------------------------------------------------------------- curves
@@ -278,10 +82,54 @@ def one_sampling(df: pd.DataFrame, run: str) -> pd.DataFrame:
     return df[df["sampling"] == label]
 
 
-def eval_curves(passk: pd.DataFrame, fmt: pd.DataFrame, run: str) -> pd.DataFrame:
+SAMPLE_COLUMN = {"pass1_strict": "correct_strict", "pass1_lenient": "correct_lenient", "format_rate": "well_formatted"}
+
+
+def per_problem_means(samples: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per (benchmark, problem_id) x step: the mean of a samples column (a problem's share of correct or
+    well-formatted samples). Without a well_formatted column it is rebuilt as FormatReport defines it."""
+    if column == "well_formatted" and column not in samples.columns:
+        samples = samples.assign(well_formatted=samples["think_closed"].astype(bool)
+                                 & (samples["boxed"].astype(int) == 1) & ~samples["truncated"].astype(bool))
+    return (samples.assign(_v=samples[column].astype(float))
+            .pivot_table(index=["benchmark", "problem_id"], columns="step", values="_v", aggfunc="mean"))
+
+
+def paired_sigma(table: pd.DataFrame) -> float:
+    """Rule R2 (analysis/rules.py), one noise model for every eval curve: the noise sd of a curve point, from the
+    change of each problem's mean between consecutive evaluated steps (problems x steps table, one benchmark):
+    sd over problems / sqrt(2 n), median over the consecutive pairs. The between-problem spread, which every
+    checkpoint shares, cancels in the differences; sampling noise and real checkpoint-to-checkpoint wobble stay."""
+    values = table.sort_index(axis=1).to_numpy(dtype=float)
+    ses = []
+    for a, b in zip(values.T[:-1], values.T[1:]):
+        d = (b - a)[np.isfinite(a) & np.isfinite(b)]
+        if len(d) >= 2:
+            ses.append(float(np.std(d, ddof=1)) / math.sqrt(2 * len(d)))
+    return float(np.median(ses)) if ses else math.nan
+
+
+def curve_noise(samples: pd.DataFrame | None, run: str) -> dict[tuple[str, str], float]:
+    """(benchmark, eval metric) -> paired_sigma of a run's curve from its samples (empty without samples)."""
+    if samples is None or samples.empty or "run" not in samples.columns:
+        return {}
+    df = one_sampling(samples, run)
+    out = {}
+    for metric, column in SAMPLE_COLUMN.items():
+        if column not in df.columns and column != "well_formatted":
+            continue
+        table = per_problem_means(df, column)
+        for bench, g in table.groupby(level="benchmark"):
+            out[(bench, metric)] = paired_sigma(g)
+    return out
+
+
+def eval_curves(passk: pd.DataFrame, fmt: pd.DataFrame, run: str, samples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-checkpoint eval curves of one run: strict and lenient pass@1 and format_rate per benchmark.
 
-    Each point carries the noise sigma implied by its 95% CI ((high - low) / (2 * 1.96))."""
+    Each point carries the noise sigma of rule R2 (paired_sigma) when the samples are given; else the sigma
+    implied by its 95% CI ((high - low) / (2 * 1.96)), which for pass@1 (CIs over problems) also holds the
+    between-problem spread and so is larger than the checkpoint-to-checkpoint noise."""
     parts = []
     if not passk.empty and {"run", "k", "grading"} <= set(passk.columns):
         p = one_sampling(passk, run)
@@ -298,17 +146,22 @@ def eval_curves(passk: pd.DataFrame, fmt: pd.DataFrame, run: str) -> pd.DataFram
     if {"ci_low", "ci_high"} <= set(df.columns):
         sigma = (df["ci_high"].astype(float) - df["ci_low"].astype(float)) / (2 * Z975)
     else:
-        sigma = np.nan
+        sigma = pd.Series(np.nan, index=df.index)
+    noise = curve_noise(samples, run)
+    if noise:
+        paired = pd.Series([noise.get((b, m), np.nan) for b, m in zip(df["benchmark"], df["metric"])], index=df.index)
+        sigma = paired.where(np.isfinite(paired), sigma)
     return df.assign(source="eval", sigma=sigma)[CURVE_COLUMNS]
 
 
-def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT,
-                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int | None = None, seed: int = 0,
+                  rules: PhaseRules = PhaseRules()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Change points of every curve: (phases rows, one status row per curve and method).
 
-    Eval curves use the median CI-implied sigma when CIs exist (for pass@1, whose CIs resample problems, this is
-    conservative: it includes the between-problem spread that checkpoints of one run share); other curves, and
-    eval curves without CIs, use fitted_sigma."""
+    Eval curves use the median of their points' sigma (rule R2 when `phase` had the samples, else CI-implied);
+    training curves, and eval curves without either, use fitted_sigma. `rules` holds min_points, min_size,
+    penalty_c and n_boot (analysis/rules.py)."""
+    n_boot = rules.n_boot if n_boot is None else n_boot
     rows, status = [], []
     too_short: dict[str, list[int]] = {}  # run -> point counts of its curves too short to try (one line per run)
     keys = ["run", "source", "benchmark", "metric"]
@@ -320,7 +173,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
         curve = _clean_curve(curve, label)
         n = len(curve)
         base = {"run": run, "source": source, "benchmark": bench, "metric": metric, "n_points": n}
-        if n < MIN_POINTS:
+        if n < rules.min_points:
             too_short.setdefault(str(run), []).append(n)
             status += [base | {"method": m, "n_changes": 0, "status": "too short"} for m in methods]
             continue
@@ -329,7 +182,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
         sigma = float(np.median(ci_sigma)) if len(ci_sigma) else None
         for method in methods:
             cps, sig, pen = curve_change_points(curve["step"], curve["value"], method=method, sigma=sigma,
-                                                n_boot=n_boot, seed=seed)
+                                                n_boot=n_boot, seed=seed, rules=rules)
             status.append(base | {"method": method, "n_changes": len(cps),
                                   "status": "changes" if cps else "no change"})
             for cp in cps:
@@ -339,7 +192,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int = N_BOOT
     phases = pd.DataFrame(rows, columns=PHASE_COLUMNS)
     for run, counts in too_short.items():
         log.warning("run %s: %d curves of %d-%d points, fewer than %d; no change points tried on them", run,
-                    len(counts), min(counts), max(counts), MIN_POINTS)
+                    len(counts), min(counts), max(counts), rules.min_points)
     return phases, pd.DataFrame(status, columns=keys + ["n_points", "method", "n_changes", "status"])
 
 
@@ -561,11 +414,13 @@ def load_training_log(run_dir) -> pd.DataFrame:
         return pd.DataFrame(columns=["step", "metric", "value"])
 
 
-def run_phase(run_dirs: list[str], out: Path, *, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def run_phase(run_dirs: list[str], out: Path, *, n_boot: int | None = None, seed: int = 0,
+              rules: PhaseRules = PhaseRules()) -> pd.DataFrame:
     """`tina-probe phase`: change points of every run's training and eval curves -> phases, phase_summary and
     training_curves tables in the store at `out`; returns the phases table."""
     store = Store(out)
     passk, fmt = store.read("passk"), store.read("format")
+    samples = store.read("samples")  # rule R2: the eval curves' noise from per-problem changes
     curves, names = [], []
     for d in run_dirs:
         run_dir = Path(d)
@@ -574,7 +429,7 @@ def run_phase(run_dirs: list[str], out: Path, *, n_boot: int = N_BOOT, seed: int
         name = run_name(run_dir)
         names.append(name)
         tc = train_curves(load_training_log(run_dir), name)
-        ec = eval_curves(passk, fmt, name)
+        ec = eval_curves(passk, fmt, name, samples)
         if ec.empty:
             log.warning("run %s: no eval results in %s (run `tina-probe eval`); training curves only", name, out)
         curves += [c for c in (tc, ec) if not c.empty]
@@ -583,9 +438,11 @@ def run_phase(run_dirs: list[str], out: Path, *, n_boot: int = N_BOOT, seed: int
         allc = pd.DataFrame(columns=CURVE_COLUMNS)
     else:
         allc = pd.concat(curves, ignore_index=True)
-    phases, status = detect_phases(allc, n_boot=n_boot, seed=seed)
+    phases, status = detect_phases(allc, n_boot=n_boot, seed=seed, rules=rules)
     store.write("phases", phases)
     store.write("phase_summary", phase_summary(passk, phases, status, names))
+    # each curve's status and point count, for the verdicts' "N eval points; change points need M" (rule R0)
+    store.write("phase_status", status.assign(min_points=rules.min_points))
     train = allc[allc["source"] == "train"][["run", "metric", "step", "value"]]
     store.write("training_curves", train.reset_index(drop=True))
     return phases

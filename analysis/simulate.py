@@ -27,7 +27,7 @@ def step_curve(steps: Sequence[int], before: float, after: float, at: float) -> 
     return np.where(steps < at, before, after)
 
 
-def _shift_for_mean(z: np.ndarray, spread: float, target: float) -> float:
+def shift_for_mean(z: np.ndarray, spread: float, target: float) -> float:
     """The logit shift a with mean(expit(a + spread * z)) == target."""
     if not 0.0 < target < 1.0:
         raise TinaError(f"simulate: accuracy {target} must lie strictly between 0 and 1")
@@ -45,7 +45,7 @@ def simulate_samples(steps: Sequence[int], format_rate: Sequence[float], lenient
     z = rng.standard_normal(n_problems)
     frames = []
     for step, phi, acc in zip(steps, format_rate, lenient):
-        p = special.expit(_shift_for_mean(z, spread, acc) + spread * z)  # per-problem success probability
+        p = special.expit(shift_for_mean(z, spread, acc) + spread * z)  # per-problem success probability
         shape = (n_problems, n_samples)
         lenient_ok = rng.random(shape) < p[:, None]
         wf = rng.random(shape) < phi

@@ -4,6 +4,7 @@ import re
 
 from analysis.hypothesis import run_hypothesis
 from analysis.phase import run_phase
+from analysis.rules import VerdictRules
 from analysis.report import write_report
 from analysis.simulate import write_planted_study
 
@@ -14,7 +15,7 @@ def test_report_on_the_planted_study_links_real_figures(tmp_path):
     run_dirs = write_planted_study(tmp_path, seed=1, n_problems=80, n_boot=50)
     out = tmp_path / "results"
     run_phase([str(d) for d in run_dirs], out, n_boot=20)
-    run_hypothesis(out, n_boot=100)
+    run_hypothesis(out, rules=VerdictRules(n_boot=100))
     md_path = write_report(out)
     assert md_path == out / "report" / "report.md"
     text = md_path.read_text()

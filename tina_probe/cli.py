@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from analysis.rules import PhaseRules, VerdictRules  # thresholds only (dataclasses): cheap at import
 from tina_probe.errors import TinaError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +29,7 @@ lab_app = typer.Typer(add_completion=False, no_args_is_help=False, invoke_withou
 app.add_typer(lab_app, name="lab")
 
 OUT = typer.Option(Path("results"), "--out", help="results store folder")
+_PHASE, _RULES = PhaseRules(), VerdictRules()  # the defaults shown in --help
 # The shipped lab data is found from the package, never from the current folder (README "Paths").
 SHIPPED_LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
 
@@ -166,20 +168,58 @@ def retention(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[Li
 
 @app.command()
 @user_errors
-def phase(runs: List[str] = typer.Option(..., "--runs"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT):
-    """Change points on training and eval curves, with bootstrap ranges -> phases table."""
+def phase(runs: List[str] = typer.Option(..., "--runs"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT,
+          min_points: int = typer.Option(_PHASE.min_points, help="curves with fewer points are not segmented"),
+          min_size: int = typer.Option(_PHASE.min_size, help="shortest segment, in points"),
+          penalty_c: float = typer.Option(_PHASE.penalty_c, help="penalty per change point: C x sigma^2 x log(n)"),
+          n_boot: int = typer.Option(_PHASE.n_boot, help="bootstrap refits per curve for a change point's range")):
+    """Change points on training and eval curves, with bootstrap ranges -> phases, phase_status, phase_summary."""
     from analysis.phase import run_phase
 
-    run_phase(_expand(runs + (more or [])), out)
+    if min_points < 2 or min_size < 1 or penalty_c <= 0 or n_boot < 0:
+        raise TinaError("phase: --min-points >= 2, --min-size >= 1, --penalty-c > 0 and --n-boot >= 0 are required")
+    rules = PhaseRules(min_points=min_points, min_size=min_size, penalty_c=penalty_c, n_boot=n_boot)
+    run_phase(_expand(runs + (more or [])), out, rules=rules)
 
 
 @app.command()
 @user_errors
-def hypothesis(out: Path = OUT):
-    """Test the format-adaptation hypothesis per run -> hypothesis table with verdicts."""
+def hypothesis(out: Path = OUT,
+               alpha: float = typer.Option(_RULES.alpha, help="level of every test"),
+               accuracy_margin: float = typer.Option(_RULES.accuracy_margin, help="task accuracy equivalence / "
+                                                     "non-inferiority margin, absolute (R3, R5, R6)"),
+               min_rise: float = typer.Option(_RULES.min_rise, help="smallest format-rate rise that counts (R3)"),
+               share_threshold: float = typer.Option(_RULES.share_threshold, help="format share of the strict gain "
+                                                     "the format part must exceed (R4)"),
+               min_formatted_base: int = typer.Option(_RULES.min_formatted_base, help="formatted base samples "
+                                                      "below which P(correct|formatted) is read as lenient accuracy "
+                                                      "(R4)"),
+               min_split_problems: int = typer.Option(_RULES.min_split_problems, help="problems per half when the "
+                                                      "test problems are split to choose the best (R1)"),
+               retention_margin: float = typer.Option(_RULES.retention_margin, help="accuracy-like retention "
+                                                      "metrics, absolute (R7)"),
+               kl_margin: float = typer.Option(_RULES.kl_margin, help="retention KL to the base, nats/token (R7)"),
+               nll_margin: float = typer.Option(_RULES.nll_margin, help="retention NLL rise, nats/token (R7)"),
+               ppl_rel_margin: float = typer.Option(_RULES.ppl_rel_margin, help="retention perplexity rise, "
+                                                    "relative, when no nll (R7)"),
+               min_geometry_runs: int = typer.Option(_RULES.min_geometry_runs, help="runs per kind before "
+                                                     "LoRA vs full FT is tested, not described (R8)"),
+               n_boot: int = typer.Option(_RULES.n_boot, help="bootstrap resamples over problems (R4)")):
+    """Test the format-adaptation hypothesis per run -> hypothesis table with verdicts (rules R0-R9: README)."""
     from analysis.hypothesis import run_hypothesis
 
-    run_hypothesis(out)
+    if not 0 < alpha < 0.5:
+        raise TinaError(f"hypothesis: --alpha {alpha} must lie in (0, 0.5)")
+    if min(accuracy_margin, min_rise, retention_margin, kl_margin, nll_margin, ppl_rel_margin) <= 0:
+        raise TinaError("hypothesis: margins and --min-rise must be positive")
+    if not 0 < share_threshold < 1 or n_boot < 100:
+        raise TinaError("hypothesis: --share-threshold must lie in (0, 1) and --n-boot be at least 100")
+    rules = VerdictRules(alpha=alpha, accuracy_margin=accuracy_margin, min_rise=min_rise,
+                         share_threshold=share_threshold, min_formatted_base=min_formatted_base,
+                         min_split_problems=min_split_problems, retention_margin=retention_margin,
+                         kl_margin=kl_margin, nll_margin=nll_margin, ppl_rel_margin=ppl_rel_margin,
+                         min_geometry_runs=min_geometry_runs, n_boot=n_boot)
+    run_hypothesis(out, rules=rules)
 
 
 @app.command()
