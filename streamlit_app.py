@@ -15,7 +15,7 @@ import tina_probe.explorer as explorer
 from tina_probe.errors import TinaError
 from tina_probe.explorer import tables, ui
 from tina_probe.explorer.paths import parse_app_args, store_dir
-from tina_probe.explorer.summaries import options
+from tina_probe.explorer.summaries import benchmark_choices, options
 
 PAGES_DIR = Path(explorer.__file__).resolve().parent / "pages"
 PAGES = [  # file, title, url path, icon
@@ -68,7 +68,8 @@ def main() -> None:
     scope = [ui.load(t, bare, scoped=False).df for t in ("passk", "format")]
     if all(df.empty for df in scope):  # the samples table is the big one: read it only when the summaries are missing
         scope = [ui.load("samples", bare, scoped=False).df]
-    benchmarks = sorted({b for df in scope for b in options(df, "benchmark")})
+    # opens on every run's test split (a held-out split first in name order would leave runs without it empty)
+    benchmarks = benchmark_choices({b for df in scope for b in options(df, "benchmark")})
     samplings = sorted({s for df in scope for s in options(df, "sampling")})
     st.sidebar.caption(f"Results store: `{store}`")
     benchmark = sidebar_choice("Benchmark", benchmarks, "global_benchmark")

@@ -13,13 +13,35 @@ PHASE_COLUMNS = ["run", "metric", "change_step", "change_step_low", "change_step
 _EPS_COL = re.compile(r"^intruders_eps(\d+)$")
 
 
+TEST_SPLITS = "test splits (each run's own)"  # the sidebar's first benchmark choice when held-out splits exist
+
+
+def test_benchmarks(benchmarks) -> list[str]:
+    """The test splits among benchmark names: those with 'test' in the name (the naming rule that pairs a held-out
+    'probe' split with its 'test' split, analysis/selection.py)."""
+    return sorted(b for b in benchmarks if isinstance(b, str) and "test" in b)
+
+
+def benchmark_choices(benchmarks) -> list[str]:
+    """The sidebar's benchmark choices: every run's own test split first (TEST_SPLITS) when the store holds test
+    and other splits, then each benchmark by name."""
+    names = sorted(b for b in benchmarks if isinstance(b, str))
+    tests = test_benchmarks(names)
+    return ([TEST_SPLITS] if tests and len(tests) < len(names) else []) + names
+
+
+def _benchmark_mask(col: pd.Series, val) -> pd.Series:
+    return col.isin(test_benchmarks(col.dropna().unique())) if val == TEST_SPLITS else col == val
+
+
 def filter_rows(df: pd.DataFrame, **equal) -> pd.DataFrame:
-    """Rows whose columns equal the given values; a column the frame lacks or a None value filters nothing."""
+    """Rows whose columns equal the given values; a column the frame lacks or a None value filters nothing;
+    benchmark=TEST_SPLITS keeps every test split."""
     out = df
     for col, val in equal.items():
         if val is None or col not in out.columns:
             continue
-        out = out[out[col] == val]
+        out = out[_benchmark_mask(out[col], val)] if col == "benchmark" else out[out[col] == val]
     return out
 
 
@@ -273,7 +295,7 @@ def phase_rows(phases: pd.DataFrame, metric: str, benchmark: str | None = None, 
     if method is not None and "method" in df.columns:
         df = df[df["method"] == method]
     if benchmark is not None and "benchmark" in df.columns:
-        df = df[df["benchmark"].isna() | (df["benchmark"] == benchmark) | (df["benchmark"] == "")]
+        df = df[df["benchmark"].isna() | _benchmark_mask(df["benchmark"], benchmark) | (df["benchmark"] == "")]
     return df.dropna(subset=["change_step"]).reset_index(drop=True)
 
 

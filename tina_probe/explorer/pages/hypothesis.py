@@ -10,7 +10,7 @@ from tina_probe.explorer import figures, summaries, tables, ui
 from tina_probe.explorer.highlight import escape
 from tina_probe.explorer.report import is_remote, split_images
 
-COLUMNS = ["run", "claim", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict", "detail"]
+COLUMNS = ["run", "claim", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict", "detail", "rule"]
 
 
 def verdict_style(value) -> str:
@@ -89,8 +89,8 @@ EVIDENCE = {
     "format_first": evidence_format_first,
     "gain_decomposition": evidence_decomposition,
     "format_adaptation": evidence_decomposition,
-    "mcnemar_strict": evidence_pass1,
-    "mcnemar_lenient": evidence_pass1,
+    "strict_gain": evidence_pass1,
+    "lenient_kept": evidence_pass1,
     "knowledge_kept": evidence_retention,
     "update_geometry": evidence_geometry,
 }
@@ -127,19 +127,31 @@ def report_section(ctx: ui.Context) -> None:
 OVERALL = "format_adaptation"
 
 
+def overall_lines(df: pd.DataFrame) -> list[dict]:
+    """Per run: the overall verdict whole, its one-line reason (the detail's first sentence) and the parts behind
+    it (format_adaptation's detail, rule R9)."""
+    overall = df[df["claim"] == OVERALL].sort_values("run")
+    out = []
+    for row in overall.to_dict("records"):
+        detail = str(row.get("detail") or "")
+        reason, _, parts = detail.partition(". ")
+        out.append({"run": str(row["run"]), "verdict": str(row["verdict"]), "reason": reason, "parts": parts})
+    return out
+
+
 def overall_verdicts(df: pd.DataFrame) -> None:
-    """The headline: one overall verdict per run (the `format_adaptation` claim), not a count of sub-claim rows."""
-    overall = df[df["claim"] == OVERALL]
-    if overall.empty:
+    """The headline: each run's overall verdict (the `format_adaptation` claim) in full, with its reason and what
+    was and was not shown; never cut to fit a tile."""
+    lines = overall_lines(df)
+    if not lines:
         st.info("No overall verdict (`format_adaptation`) in the hypothesis table: rerun `tina-probe hypothesis`.")
         return
-    per_row = 4
-    records = overall.sort_values("run").to_dict("records")
-    for start in range(0, len(records), per_row):
-        cols = st.columns(per_row)
-        for col, row in zip(cols, records[start:start + per_row]):
-            col.metric(str(row["run"]), str(row["verdict"]), border=True,
-                       help=f"overall verdict ({OVERALL}); the sub-claims are in the table below")
+    for line in lines:
+        color = figures.VERDICT_COLORS.get(line["verdict"], "#455a64")
+        st.markdown(f'<div style="margin-bottom:0.6em"><b>{escape(line["run"])}</b>: '
+                    f'<span style="color:{color};font-weight:700">{escape(line["verdict"])}</span> · '
+                    f'{escape(line["reason"])}<br><span style="color:#555;font-size:0.9em">'
+                    f'{escape(line["parts"])}</span></div>', unsafe_allow_html=True)
 
 
 def main() -> None:
