@@ -57,6 +57,7 @@ class MetricValue:
     metric: str
     value: float
     stderr: float = float("nan")
+    items: tuple[float, ...] = ()  # per-item scores in document order (lm-eval probes): paired tests use them
 
 
 # ----------------------------------------------------------------------------- models
@@ -272,7 +273,7 @@ def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: R
     try:
         with _lmeval_silenced():
             res = simple_evaluate(model=lm, tasks=[probe.task], task_manager=manager, limit=limit,
-                                  log_samples=False,
+                                  log_samples=True,  # per-item scores: paired base-vs-checkpoint tests
                                   bootstrap_iters=1000, random_seed=settings.seed, numpy_random_seed=settings.seed,
                                   torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
     except (ConnectionError, OSError) as exc:
@@ -280,7 +281,23 @@ def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: R
     results = res["results"]
     if probe.task not in results:
         raise TinaError(f"{probe.name}: lm-eval returned no results for task {probe.task}")
-    return lmeval_metrics(results[probe.task])
+    items = lmeval_items(res.get("samples", {}).get(probe.task, []))
+    return [MetricValue(m.metric, m.value, m.stderr, items.get(m.metric, ())) for m in lmeval_metrics(results[probe.task])]
+
+
+def lmeval_items(samples: list[dict]) -> dict[str, tuple[float, ...]]:
+    """metric -> per-item scores in doc_id order, from lm-eval's logged samples (named as lmeval_metrics names
+    them: the filter appended unless it is 'none'); metrics whose per-item value is not a number are left out."""
+    per: dict[str, dict[int, float]] = {}
+    for s in samples:
+        filt = s.get("filter", "none")
+        for metric in s.get("metrics", []):
+            try:
+                v = float(s.get(metric))
+            except (TypeError, ValueError):
+                continue
+            per.setdefault(metric if filt == "none" else f"{metric}_{filt}", {})[int(s["doc_id"])] = v
+    return {m: tuple(v for _, v in sorted(d.items())) for m, d in per.items()}
 
 
 # ----------------------------------------------------------------------------- distribution probes
@@ -488,8 +505,9 @@ def _unit_key(ck: Checkpoint, probe: Probe, limit: int | None, settings: Retenti
 def _rows(cks: list[Checkpoint], probe: str, values: list[MetricValue]) -> pd.DataFrame:
     """Table rows of one unit: every checkpoint that shares the path (a base shared by runs) gets them."""
     rows = [{"run": ck.run, "step": int(ck.step), "kind": ck.kind, "probe": probe, "metric": v.metric,
-             "value": float(v.value), "stderr": float(v.stderr), "path": str(ck.path)} for ck in cks for v in values]
-    return pd.DataFrame(rows, columns=COLUMNS + ["path"])
+             "value": float(v.value), "stderr": float(v.stderr), "path": str(ck.path),
+             "items": [float(x) for x in v.items]} for ck in cks for v in values]
+    return pd.DataFrame(rows, columns=COLUMNS + ["path", "items"])
 
 
 def _plan(runs) -> list[tuple[str, list[list[Checkpoint]]]]:
@@ -507,6 +525,13 @@ def _plan(runs) -> list[tuple[str, list[list[Checkpoint]]]]:
     return plan
 
 
+def _as_items(value) -> tuple[float, ...]:
+    """Per-item scores read back from a part (a list or array; None in parts written before items were kept)."""
+    if value is None or isinstance(value, (float, str)):  # absent (None, or NaN beside rows that have items)
+        return ()
+    return tuple(float(x) for x in value)
+
+
 def _resumed(store: Store, key: str, cks: list[Checkpoint], probe: str) -> bool:
     """Whether a unit is done; a done unit missing some run's labels (a base shared by a new run) is relabelled."""
     if not store.has_part(TABLE, key):
@@ -515,7 +540,7 @@ def _resumed(store: Store, key: str, cks: list[Checkpoint], probe: str) -> bool:
     have = set(zip(part["run"], part["step"].astype(int), part["kind"]))
     missing = [ck for ck in cks if (ck.run, int(ck.step), ck.kind) not in have]
     if missing:
-        values = [MetricValue(r.metric, r.value, r.stderr)
+        values = [MetricValue(r.metric, r.value, r.stderr, _as_items(getattr(r, "items", None)))
                   for r in part.drop_duplicates("metric").itertuples(index=False)]
         store.write_part(TABLE, key, pd.concat([part, _rows(missing, probe, values)], ignore_index=True))
     return True

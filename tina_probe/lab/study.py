@@ -63,7 +63,8 @@ QUICK = StudyPlan(
 VALIDATE = StudyPlan(
     recipes=("lab-planted", "lab-control"),
     overrides=("grpo.max_steps=60", "grpo.save_steps=5"),
-    name_suffix="-validate", eval_n=4, eval_limit=60, probes=("lab_facts_mc",), probe_limit=32, spectra=False,
+    # all 120 facts: "knowledge kept" within 0.05 needs the items (paired), and 32 could not show it (rule R7)
+    name_suffix="-validate", eval_n=4, eval_limit=60, probes=("lab_facts_mc",), probe_limit=120, spectra=False,
     retention_at="best",
 )
 # A real pretrained model (SmolLM2-135M-Instruct, converted once into the cache: tina_probe/real/) through the same
