@@ -293,6 +293,39 @@ def study(variants: list[Variant], size: Size, machine: dict) -> list[list[Stage
     return results
 
 
+# ----------------------------------------------------------------------------- grading alone
+
+
+def grading_cost(v: Variant, repeats: int = 3) -> None:
+    """Seconds per completion to grade the eval samples again in this process, math-verify alone vs the integer fast
+    path (caches cleared before each pass; median of `repeats`), and what that is per GRPO step of 64 completions."""
+    import statistics
+
+    from tina_probe import grading
+    from tina_probe.benchmarks import load_benchmark
+
+    samples = pd.read_parquet(v.out / "samples.parquet")
+    golds = {(name, str(p.id)): p.answer for name in samples.benchmark.unique() for p in load_benchmark(name).problems}
+    rows = [(c, golds[(b, str(i))], bool(t)) for c, b, i, t in
+            zip(samples.completion, samples.benchmark, samples.problem_id, samples.truncated)]
+    per = {}
+    for slow in (True, False, True, False) * repeats:
+        os.environ.pop(SLOW_ENV, None)
+        if slow:
+            os.environ[SLOW_ENV] = "1"
+        grading._grade.cache_clear()
+        grading.parse_gold.cache_clear()
+        t = time.process_time()
+        for completion, gold, truncated in rows:
+            grading.grade(completion, gold, truncated=truncated)
+        per.setdefault(slow, []).append((time.process_time() - t) / len(rows))
+    os.environ.pop(SLOW_ENV, None)
+    slow, fast = statistics.median(per[True]), statistics.median(per[False])
+    print(f"grading {len(rows)} eval completions again (CPU, median of {repeats * 2}): math-verify {slow * 1e3:.3f} ms, "
+          f"fast path {fast * 1e3:.3f} ms per completion ({slow / fast:.0f}x); per GRPO step of 64 completions "
+          f"{64 * slow * 1e3:.1f} -> {64 * fast * 1e3:.2f} ms")
+
+
 # ----------------------------------------------------------------------------- same science
 
 
@@ -376,6 +409,8 @@ def main() -> None:
         variants = [Variant(root / "after", slow=False)] + ([] if args.no_before else [Variant(root / "before", True)])
         stages = study(variants, size, machine)
         report(stages[0], stages[1] if len(stages) > 1 else None)
+        if stages[0][1].ok:
+            grading_cost(variants[0])
         if len(variants) > 1:
             print("same results, today's code vs the old paths:")
             same_results(*variants)
