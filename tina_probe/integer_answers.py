@@ -1,10 +1,11 @@
 """Plain-integer answers graded without math-verify, only where math-verify's own reading is certain.
 
-math-verify parses every completion (0.05-0.15 ms a lab completion in benchmarks/bench_study.py, more for long LaTeX;
-~25x the integer path). A lab answer is a plain integer; where the gold and the answer the grader would read are both plain integers, equality of the two
-integers is math-verify's verdict. The shapes below are narrow on purpose: each one is a text where math-verify's
-extraction (math_verify.parser: its regexes by priority, rightmost match first) can only pick that one number;
-anything else goes to math-verify, which stays the reference (tests/test_integer_answers.py checks they agree).
+math-verify parses every completion (0.05-0.15 ms a lab completion in benchmarks/bench_study.py, more for long
+LaTeX; ~10-25x the integer path). A lab answer is a plain integer; where the gold and the answer the grader would read
+are both plain integers, equality of the two integers is math-verify's verdict. The shapes below are narrow on
+purpose: each one is a text where math-verify's extraction (math_verify.parser: its regexes by priority, rightmost
+match first) can only pick that one number; anything else goes to math-verify, which stays the reference
+(tests/test_integer_answers.py checks they agree).
 """
 
 from __future__ import annotations
