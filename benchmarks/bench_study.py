@@ -321,8 +321,8 @@ def grading_cost(v: Variant, repeats: int = 3) -> None:
         per.setdefault(slow, []).append((time.process_time() - t) / len(rows))
     os.environ.pop(SLOW_ENV, None)
     slow, fast = statistics.median(per[True]), statistics.median(per[False])
-    print(f"grading {len(rows)} eval completions again (CPU, median of {repeats * 2}): math-verify {slow * 1e3:.3f} ms, "
-          f"fast path {fast * 1e3:.3f} ms per completion ({slow / fast:.0f}x); per GRPO step of 64 completions "
+    print(f"grading {len(rows)} eval completions again (CPU, median of {repeats * 2}): "
+          f"math-verify {slow * 1e3:.3f} ms, fast path {fast * 1e3:.3f} ms per completion ({slow / fast:.0f}x); per GRPO step of 64 completions "
           f"{64 * slow * 1e3:.1f} -> {64 * fast * 1e3:.2f} ms")
 
 
