@@ -322,8 +322,8 @@ def grading_cost(v: Variant, repeats: int = 3) -> None:
     os.environ.pop(SLOW_ENV, None)
     slow, fast = statistics.median(per[True]), statistics.median(per[False])
     print(f"grading {len(rows)} eval completions again (CPU, median of {repeats * 2}): "
-          f"math-verify {slow * 1e3:.3f} ms, fast path {fast * 1e3:.3f} ms per completion ({slow / fast:.0f}x); per GRPO step of 64 completions "
-          f"{64 * slow * 1e3:.1f} -> {64 * fast * 1e3:.2f} ms")
+          f"math-verify {slow * 1e3:.3f} ms, fast path {fast * 1e3:.3f} ms per completion ({slow / fast:.0f}x); "
+          f"per GRPO step of 64 completions {64 * slow * 1e3:.1f} -> {64 * fast * 1e3:.2f} ms")
 
 
 # ----------------------------------------------------------------------------- same science
