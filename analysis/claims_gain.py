@@ -84,7 +84,7 @@ def gain_claim(run: str, dec: dict, rules: VerdictRules = VerdictRules()) -> Cla
               f"correctness part {fmt(dec['correct_part'])}; P(wf) {fmt(dec['format_base'])} -> "
               f"{fmt(dec['format_best'])}; C = {dec['conditional']}: {fmt(dec['cond_base'])} -> "
               f"{fmt(dec['cond_best'])}; {dec['n_problems']} problems, {dec['formatted_base_samples']} formatted "
-              f"base samples (C from lenient accuracy below {rules.min_formatted_base}); threshold "
+              f"base samples (C is read as lenient accuracy below {rules.min_formatted_base}); threshold "
               f"{rules.share_threshold}; {100 * (1 - 2 * rules.alpha):.0f}% bootstrap intervals")
     if not np.isfinite(dec.get("gain_low", np.nan)):
         verdict, detail = "inconclusive", f"too few problems ({dec['n_problems']}) for an interval; " + detail

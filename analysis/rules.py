@@ -16,6 +16,7 @@ R2 one noise   Every eval curve's noise is the checkpoint-to-checkpoint variatio
 R3 order       format_first: the format rate (eval, test benchmark) has a rise of at least `min_rise`. Change points
                (test benchmark) suggest the order; paired tests on the held-out benchmark's samples (independent of
                the data that placed the change points; without one, the test's own, flagged) confirm it.
+               Lenient changes smaller than `accuracy_margin` lie within equivalence and do not count as a move.
                Supported when, over the evaluated steps from the end of the format onset's range up to any later
                lenient change point, the format rate has risen by `min_rise` (CI above 0) while lenient accuracy is
                equivalent to the base's (paired TOST within `accuracy_margin`). Not supported when the first

@@ -60,14 +60,16 @@ def test_planted_runs_read_supported(validation):
     assert gd["ci_low"] > 0.5  # the format part carries the strict gain
     assert _verdict(hyp, "lab-planted-validate", "format_first")["verdict"] == "supported"
     kept = hyp[(hyp["run"] == "lab-planted-validate") & (hyp["claim"] == "knowledge_kept")]
-    assert len(kept) and (kept["verdict"] != "not supported").all()
+    assert len(kept) and (kept["verdict"] == "supported").all() and kept["detail"].str.contains("paired over").all()
 
 
 def test_control_runs_read_not_supported(validation):
     hyp = Store(validation.store).read("hypothesis")
     overall = _verdict(hyp, "lab-control-validate", "format_adaptation")
     assert overall["verdict"] == "not supported", overall["detail"]
-    assert "no format transition" in _verdict(hyp, "lab-control-validate", "format_first")["detail"]
+    ff = _verdict(hyp, "lab-control-validate", "format_first")
+    assert ff["verdict"] != "supported", ff["detail"]  # the control's format was good from the start
+    assert "correctness carries the gain" in _verdict(hyp, "lab-control-validate", "gain_decomposition")["detail"]
 
 
 def test_report_shows_both_conditions(validation):

@@ -1,0 +1,34 @@
+"""The short form of benchmarks/bench_verdicts.py: simulated series with known truths at the lab validation's
+size; the share of wrong firm verdicts per scenario and claim must stay within what a 5% rate allows for this many
+replicates (the 99th percentile of Binomial(R, 0.05)), and clear effects must be found."""
+
+import pytest
+from scipy import stats
+
+from analysis.calibration import CALIBRATED, LAB_VALIDATION, SCENARIOS, calibrate
+
+pytestmark = pytest.mark.slow
+
+REPLICATES = 20
+RISKY = ("format only", "correctness only", "both at once", "lenient accuracy falls", "retention falls",
+         "nothing changes (no held-out)")
+
+
+@pytest.fixture(scope="module")
+def table():
+    return calibrate([s for s in SCENARIOS if s.name in RISKY], [LAB_VALIDATION], REPLICATES, seed=11)
+
+
+def test_wrong_firm_verdicts_stay_within_a_five_percent_rate(table):
+    bound = stats.binom.ppf(0.99, REPLICATES, 0.05) / REPLICATES
+    assert set(table["claim"]) == set(CALIBRATED) and len(table) == len(RISKY) * len(CALIBRATED)
+    over = table[table["wrong"] > bound]
+    assert over.empty, over[["scenario", "claim", "truth", "wrong", "right"]].to_string()
+
+
+def test_clear_effects_are_found(table):
+    t = table.set_index(["scenario", "claim"])
+    assert t.loc[("correctness only", "format_adaptation"), "right"] >= 0.8
+    assert t.loc[("format only", "gain_decomposition"), "right"] >= 0.8
+    assert t.loc[("retention falls", "knowledge_kept"), "right"] >= 0.8
+    assert t.loc[("lenient accuracy falls", "format_adaptation"), "wrong"] == 0
