@@ -24,6 +24,7 @@ from analysis.retention_probes import Probe, read_prompts, resolve_probes
 from tina_probe.errors import TinaError
 from tina_probe.generate.hf import adapter_name, batch_seed, split_completion
 from tina_probe.runs import Checkpoint, checkpoint_identity, discover_runs
+from tina_probe.slow_paths import slow_paths
 from tina_probe.store import Store, stable_key
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 # float32 logits held at once by one forward of the KL / perplexity probes (a 49k vocabulary x 256 tokens is 50 MB
 # per row, and the KL makes ~4 copies): batches are cut to fit, whatever --batch-size says
 LOGITS_BUDGET_BYTES = 256 * 2**20
+# float32 logits of the base on a reference text kept for the next checkpoint of the same base (the lab's 25 windows
+# x 256 tokens x 106 symbols: 3 MB); a larger text (a real model's 49k vocabulary) is scored again per checkpoint
+REFERENCE_MEMO_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class ProbeModels:
         self.peft = None  # the base wrapped in place by peft once an adapter is used
         self.full = None  # (path, model) of the current full checkpoint
         self.current: Checkpoint | None = None
+        self.memo: dict = {}  # what the base computes once for every checkpoint of it (reference_stats)
 
     def load_base(self, base: str) -> None:
         """Make `base` the reference model (no-op when it already is); its tokenizer serves every checkpoint."""
@@ -178,6 +183,7 @@ class ProbeModels:
     def close(self) -> None:
         """Drop every model."""
         self.base = self.base_model = self.tokenizer = self.peft = self.full = self.current = None
+        self.memo = {}
         gc.collect()
 
 
@@ -226,11 +232,14 @@ class _SilentBar(tqdm):
 
 @contextmanager
 def _lmeval_silenced():
-    """lm-eval's own bars (per task and per request batch) and its `git describe` off while inside.
+    """lm-eval's own bars (per task and per request batch), its `git describe` and its environment report off while
+    inside.
 
-    Written by hand because simple_evaluate has no switch for either: its modules bind `tqdm` at import, and it
-    shells out to git in the user's folder (printing "fatal: not a git repository" outside one). tina-probe's
-    retention bar is the one progress display; the git hash is not used (log_samples is off)."""
+    Written by hand because simple_evaluate has no switch for any of them: its modules bind `tqdm` at import, it shells
+    out to git in the user's folder (printing "fatal: not a git repository" outside one), and after scoring it runs
+    torch's collect_env (`pip list` and more in subprocesses: 0.5-0.9 s per call here, per checkpoint and probe). All
+    three only fill results["git_hash"] / ["pretty_env_info"], which tina-probe never reads; the scores come before.
+    TINA_PROBE_SLOW_PATHS=1 keeps the environment report (the path as it was, for bench_study)."""
     import sys
 
     patched = []
@@ -242,6 +251,9 @@ def _lmeval_silenced():
     if evaluator is not None and hasattr(evaluator, "get_git_commit_hash"):
         patched.append((evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash))
         evaluator.get_git_commit_hash = lambda: None
+    if evaluator is not None and hasattr(evaluator, "add_env_info") and not slow_paths():
+        patched.append((evaluator, "add_env_info", evaluator.add_env_info))
+        evaluator.add_env_info = lambda results: None
     try:
         yield
     finally:
@@ -282,7 +294,8 @@ def run_lmeval(model, tokenizer, probe: Probe, *, limit: int | None, settings: R
     if probe.task not in results:
         raise TinaError(f"{probe.name}: lm-eval returned no results for task {probe.task}")
     items = lmeval_items(res.get("samples", {}).get(probe.task, []))
-    return [MetricValue(m.metric, m.value, m.stderr, items.get(m.metric, ())) for m in lmeval_metrics(results[probe.task])]
+    return [MetricValue(m.metric, m.value, m.stderr, items.get(m.metric, ()))
+            for m in lmeval_metrics(results[probe.task])]
 
 
 def lmeval_items(samples: list[dict]) -> dict[str, tuple[float, ...]]:
@@ -336,10 +349,19 @@ def _logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float().cpu()
 
 
+def _policy_is_reference(models: ProbeModels) -> bool:
+    """Whether the active checkpoint is the base itself, so one forward serves as both (not on the old paths)."""
+    return models.current is not None and models.current.kind == "base" and not slow_paths()
+
+
 @torch.inference_mode()
 def reference_stats(models: ProbeModels, path: Path, *, limit: int | None,
                     settings: RetentionSettings) -> dict[str, TokenMean]:
-    """KL(base || ckpt) and the checkpoint's NLL per token over a reference text, windows as clusters."""
+    """KL(base || ckpt) and the checkpoint's NLL per token over a reference text, windows as clusters.
+
+    The base's logits on the text are the same for every checkpoint of it: kept in `models.memo` (within
+    REFERENCE_MEMO_BYTES) and reused, so a series costs one base pass instead of one per checkpoint; the same
+    forward on the same batches, so the values are bit for bit those of a pass per checkpoint (the old path)."""
     tok = models.tokenizer
     ids = tok(Path(path).read_text(), add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
     longest = getattr(models.base_model.config, "max_position_embeddings", None) or settings.window
@@ -348,19 +370,33 @@ def reference_stats(models: ProbeModels, path: Path, *, limit: int | None,
     if not windows:
         raise TinaError(f"{path}: too short for one window")
     kl_s, kl_n, nll_s, nll_n = [], [], [], []
-    rows = rows_per_pass(settings.batch_size, width, _vocab_size(models.base_model))
-    for start in range(0, len(windows), rows):
+    vocab = _vocab_size(models.base_model)
+    rows = rows_per_pass(settings.batch_size, width, vocab)
+    memo_key = ("reference_logits", str(Path(path).resolve()), width, rows, len(windows))
+    keep = not slow_paths() and len(windows) * width * vocab * 4 <= REFERENCE_MEMO_BYTES
+    kept = models.memo.get(memo_key) if keep else None
+    fresh = []
+    for i, start in enumerate(range(0, len(windows), rows)):
         batch, mask = right_pad(windows[start : start + rows], tok.pad_token_id)
-        with models.policy() as m:
-            lp = _logits(m, batch, mask)[:, :-1]
-        with models.reference() as b:
-            lb = _logits(b, batch, mask)[:, :-1]
+        if kept is not None:
+            lb = kept[i]
+        else:
+            with models.reference() as b:
+                lb = _logits(b, batch, mask)[:, :-1]
+            fresh.append(lb)
+        if _policy_is_reference(models):
+            lp = lb
+        else:
+            with models.policy() as m:
+                lp = _logits(m, batch, mask)[:, :-1]
         target_mask = mask[:, 1:]  # position t predicts token t+1; padding predicts nothing
         for sums, counts, values in ((kl_s, kl_n, token_kl(lb, lp, target_mask)),
                                      (nll_s, nll_n, token_nll(lp, batch[:, 1:], target_mask))):
             s, n = masked_sums(values, target_mask)
             sums.extend(s)
             counts.extend(n)
+    if keep and kept is None:
+        models.memo[memo_key] = fresh
     return {"kl": token_mean(kl_s, kl_n), "nll": token_mean(nll_s, nll_n)}
 
 
@@ -459,8 +495,11 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
             part = slice(lo, lo + step)
             with models.policy() as m:
                 lp = _logits(m, ids[part], mask[part])[:, :-1]
-            with models.reference() as ref:
-                lb = _logits(ref, ids[part], mask[part])[:, :-1]
+            if _policy_is_reference(models):  # the base's own completions: the same forward twice
+                lb = lp
+            else:
+                with models.reference() as ref:
+                    lb = _logits(ref, ids[part], mask[part])[:, :-1]
             s, n = masked_sums(token_kl(lp, lb, cmask[part]), cmask[part])
             sums.extend(s)
             counts.extend(n)

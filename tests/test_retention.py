@@ -460,3 +460,49 @@ def test_other_settings_replace_the_rows_and_going_back_computes_nothing(retenti
     back = run_retention(runs, probes=None, out=results, limit=N_FACTS, settings=SETTINGS)
     pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
                                   df.sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_fast_path_writes_the_old_paths_table_with_less_work(runs_root, tmp_path, monkeypatch):
+    """Today's retention (the base's reference-text logits kept across checkpoints, one forward where the checkpoint
+    is the base, no lm-eval environment report) writes the table the old paths write (TINA_PROBE_SLOW_PATHS=1): value,
+    stderr and per-item scores bit for bit, on a base, two LoRA adapters and a full checkpoint, with less work."""
+    import lm_eval.evaluator
+
+    import analysis.retention as retention_mod
+    from tina_probe.slow_paths import ENV
+
+    calls = {"forwards": 0, "env_reports": 0}
+    logits = retention_mod._logits
+
+    def counted_logits(*args, **kwargs):
+        calls["forwards"] += 1
+        return logits(*args, **kwargs)
+
+    def counted_env_report(results):
+        calls["env_reports"] += 1
+
+    monkeypatch.setattr(retention_mod, "_logits", counted_logits)
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", counted_env_report)
+    runs = [str(runs_root / "lab-lora"), str(runs_root / "lab-full")]
+    tables, work = {}, {}
+    for side in ("slow", "fast"):
+        if side == "slow":
+            monkeypatch.setenv(ENV, "1")
+        else:
+            monkeypatch.delenv(ENV)
+        calls.update(forwards=0, env_reports=0)
+        df = run_retention(runs, probes=None, out=tmp_path / side, limit=N_FACTS, settings=SETTINGS)
+        tables[side] = df.sort_values(["run", "step", "probe", "metric"]).reset_index(drop=True)
+        work[side] = dict(calls)
+    slow, fast = tables["slow"], tables["fast"]
+    # 5 labelled checkpoints (lab-lora 0-2, lab-full 0-1) x 7 metrics (exact_match, acc, acc_norm, kl, ppl, nll, kl)
+    assert len(slow) == 5 * 7 and set(slow.step) == {0, 1, 2}
+    pd.testing.assert_frame_equal(fast.drop(columns=["items", "path"]), slow.drop(columns=["items", "path"]),
+                                  check_exact=True)
+    lmeval = slow.probe.isin(["lab_facts_gen", "lab_facts_mc"])
+    assert slow[lmeval]["items"].map(len).eq(N_FACTS).all()  # every lm-eval metric keeps one score per fact
+    assert [list(x) for x in fast["items"]] == [list(x) for x in slow["items"]]
+    # the old paths: the environment report on each of the 2 lm-eval probes of 4 checkpoints; today: none
+    assert work["slow"]["env_reports"] == 2 * 4 and work["fast"]["env_reports"] == 0
+    assert work["fast"]["forwards"] < work["slow"]["forwards"]
