@@ -23,7 +23,7 @@ MIN_POINTS = RULES.min_points
 MIN_SIZE = RULES.min_size
 N_BOOT = RULES.n_boot
 MAX_GRID = 200  # longer curves place change points on a grid of about this many positions (ruptures' jump)
-CI_LEVEL = 95.0  # the range of a change point is the central CI_LEVEL% of its bootstrap positions
+CI_LEVEL = RULES.ci_level  # the range of a change point is the central CI_LEVEL% of its bootstrap positions
 METHODS = ("pelt", "binseg")
 PRIMARY_METHOD = "pelt"  # the method whose rows phase_summary and the hypothesis tests read
 
@@ -196,7 +196,7 @@ def curve_change_points(steps, values, *, method: str = PRIMARY_METHOD, sigma: f
             near = star[(star > edges[j]) & (star <= edges[j + 1])] if len(star) else star
             if len(near):
                 found[j].append(int(near[np.argmin(np.abs(near - cp))]))
-    tail = (100.0 - CI_LEVEL) / 2
+    tail = (100.0 - rules.ci_level) / 2
     out = []
     seg_edges = [0] + bkps
     for j, cp in enumerate(cps_idx):

@@ -67,6 +67,7 @@ class PhaseRules:
     # Measured here on Gaussian noise with known sigma: 2-3% of curves of 8-100 points get a spurious change.
     penalty_c: float = 3.0
     n_boot: int = 200  # bootstrap refits per curve and method for a change point's range
+    ci_level: float = 95.0  # a change point's range: the central ci_level% of its bootstrap positions
 
 
 @dataclass(frozen=True)
