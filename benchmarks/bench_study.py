@@ -2,17 +2,21 @@
 
 The stages (train, eval, spectra, phase, retention, dynamics, hypothesis) run at a small size, each with its wall and
 CPU seconds, the work it did and its floor; today's code and the code paths as they were before the speed work
-(TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call) side by side in one run, and the
-tables the two sides wrote compared cell for cell (same seeds: they must be identical).
+(TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval environment
+report per call and base forwards per checkpoint) side by side in one run, and the tables the two sides wrote compared
+cell for cell (same seeds: they must be identical).
 
 The floor of a stage is the least time its arithmetic and weight reads can take here: FLOPs done / the matmul FLOP/s
 torch reaches on the same threads, and for decoding the weight bytes read per decoding step / the measured memory
-bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-").
+bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-"); nor has
+retention yet: its table keeps no token counts (its units, checkpoints and lm-eval items scored are shown).
 Every stage runs `tina-probe` in a child process with OMP_NUM_THREADS=1 (the study's own setting for side-by-side
 runs); CPU seconds are the children's. On a shared machine the wall clock swings 2-10x: compare CPU seconds, and
 before/after only within one run.
 
-Run: python benchmarks/bench_study.py [--quick] [--no-before] [--keep DIR]"""
+Run: python benchmarks/bench_study.py [--quick] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]
+(e.g. `--stages retention --probes lab_facts_gen,lab_facts_mc,kl_general,ppl_general,kl_task`: train, then retention
+with the whole study's probes)."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,11 +200,14 @@ def spectra_work(out: Path, shapes: dict, rates: dict) -> tuple[dict, float]:
     return dict(matrices=len(df), gflop=round(flops / 1e9, 2)), flops / rates["flops"]
 
 
-def retention_work(out: Path, size: Size) -> dict:
-    """Retention items: (checkpoint, probe) units x the probe limit."""
+def retention_work(out: Path) -> dict:
+    """Retention work: (checkpoint, probe) units, checkpoints probed, and the lm-eval items scored (the per-item scores
+    each lm-eval unit keeps, one metric each; the KL / perplexity probes keep none, so they count as units only)."""
     df = pd.read_parquet(out / "retention.parquet")
-    units = df.drop_duplicates(["run", "step", "probe"]).shape[0]
-    return dict(units=units, items=units * size.probe_limit)
+    per_unit = df.drop_duplicates(["path", "probe"]) if "path" in df else df.drop_duplicates(["run", "step", "probe"])
+    items = int(per_unit["items"].map(lambda x: 0 if x is None else len(x)).sum()) if "items" in df else 0
+    return dict(units=len(per_unit), checkpoints=per_unit.drop_duplicates(["run", "step"]).shape[0],
+                lmeval_items=items)
 
 
 def rows_of(out: Path, table: str) -> dict:
@@ -255,7 +262,7 @@ def stage_calls(name: str, v: Variant, size: Size) -> list[list[str]]:
     return [[name, "--out", str(v.out)]]
 
 
-def stage_work(stage: Stage, v: Variant, size: Size, machine: dict) -> None:
+def stage_work(stage: Stage, v: Variant, machine: dict) -> None:
     """Fill in the work a finished stage did and its floor, from what it wrote."""
     if not stage.ok:
         return
@@ -266,7 +273,7 @@ def stage_work(stage: Stage, v: Variant, size: Size, machine: dict) -> None:
     elif stage.name == "spectra":
         stage.work, stage.floor = spectra_work(v.out, machine["shapes"], machine)
     elif stage.name == "retention":
-        stage.work = retention_work(v.out, size)
+        stage.work = retention_work(v.out)
     else:
         stage.work = rows_of(v.out, {"phase": "phases", "dynamics": "problem_dynamics"}.get(stage.name, stage.name))
 
@@ -274,21 +281,21 @@ def stage_work(stage: Stage, v: Variant, size: Size, machine: dict) -> None:
 STAGES = ("train", "eval", "spectra", "phase", "retention", "dynamics", "hypothesis")
 
 
-def study(variants: list[Variant], size: Size, machine: dict) -> list[list[Stage]]:
-    """Every stage in the study's order; within a stage each variant in turn, the order alternating from stage to
+def study(variants: list[Variant], size: Size, machine: dict, stages: tuple[str, ...] = STAGES) -> list[list[Stage]]:
+    """The given stages in the study's order; within a stage each variant in turn, the order alternating from stage to
     stage so neither side always meets the colder caches. Returns one list of stages per variant."""
     for v in variants:
         v.root.mkdir(parents=True, exist_ok=True)
         cli(["--help"], slow=v.slow, log=v.log)  # warm the file cache: imports cost the same on both sides
     results: list[list[Stage]] = [[] for _ in variants]
-    for i, name in enumerate(STAGES):
+    for i, name in enumerate(stages):
         order = list(range(len(variants)))
         if i % 2:
             order.reverse()
         for j in order:
             v = variants[j]
             stage = timed(name, stage_calls(name, v, size), slow=v.slow, log=v.log)
-            stage_work(stage, v, size, machine)
+            stage_work(stage, v, machine)
             results[j].append(stage)
     return results
 
@@ -349,6 +356,8 @@ def same_results(a: Variant, b: Variant) -> None:
     """Whether today's code and the old paths wrote the same tables (same seeds: they must, cell for cell)."""
     for table in TABLES:
         x, y = comparable(a, table), comparable(b, table)
+        if x is None and y is None:  # a stage not run (--stages)
+            continue
         if x is None or y is None:
             print(f"  {table}: missing on {'today' if x is None else 'before'}'s side")
             continue
@@ -396,8 +405,19 @@ def main() -> None:
                     "minutes")
     ap.add_argument("--no-before", action="store_true", help="today's code only (no side-by-side old paths)")
     ap.add_argument("--keep", type=Path, default=None, help="keep runs, results and bench.log here")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run, in the study's order "
+                    "(train always runs: the others read its checkpoints; phase, dynamics, hypothesis need eval)")
+    ap.add_argument("--probes", default=None, help="retention probes instead of the size's (the whole study's: "
+                    "lab_facts_gen,lab_facts_mc,kl_general,ppl_general,kl_task)")
     args = ap.parse_args()
     size = QUICK if args.quick else SMALL
+    if args.probes:
+        size = replace(size, probes=tuple(p.strip() for p in args.probes.split(",") if p.strip()))
+    asked = {s.strip() for s in args.stages.split(",") if s.strip()}
+    unknown = sorted(asked - set(STAGES))
+    if unknown:
+        ap.error(f"--stages: unknown {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+    stages_run = tuple(s for s in STAGES if s in asked | {"train"})
     base = ROOT / "data" / "lab" / "base"
     machine = dict(flops=matmul_flops(THREADS), bandwidth=memory_bandwidth(THREADS), params=weight_params(base),
                    shapes=matrix_shapes(base))
@@ -407,9 +427,9 @@ def main() -> None:
         root = args.keep.resolve() if args.keep else Path(tmp)
         # Each variant trains its own runs from the same seeds and analyses them in its own store.
         variants = [Variant(root / "after", slow=False)] + ([] if args.no_before else [Variant(root / "before", True)])
-        stages = study(variants, size, machine)
+        stages = study(variants, size, machine, stages_run)
         report(stages[0], stages[1] if len(stages) > 1 else None)
-        if stages[0][1].ok:
+        if any(s.name == "eval" and s.ok for s in stages[0]):
             grading_cost(variants[0])
         if len(variants) > 1:
             print("same results, today's code vs the old paths:")
