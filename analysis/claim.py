@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.weightstats import ttost_paired
 
-from analysis.phase import one_sampling
+from analysis.transitions import one_sampling
 
 HYPOTHESIS_COLUMNS = ["run", "claim", "statistic", "value", "ci_low", "ci_high", "p_value", "verdict", "detail",
                       "rule", "best_step", "best_chosen_on"]

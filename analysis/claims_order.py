@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.claim import ClaimRow, fmt, paired, paired_change, per_problem
-from analysis.phase import PRIMARY_METHOD, main_change, merge_staircase
+from analysis.changepoints import PRIMARY_METHOD
+from analysis.transitions import main_change, merge_staircase
 from analysis.rules import VerdictRules
 
 STATISTIC = "lenient_change_minus_format_transition_steps"

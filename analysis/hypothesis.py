@@ -23,7 +23,7 @@ from analysis.claims_gain import gain_claim, gain_decomposition, strict_gain_cla
 from analysis.claims_geometry import CROSS_RUN, geometry_claims, knowledge_lora_vs_full  # noqa: F401
 from analysis.claims_kept import knowledge_claims, knowledge_summary, lenient_kept_claim, retention_changes
 from analysis.claims_order import format_first_claim
-from analysis.phase import one_sampling
+from analysis.transitions import one_sampling
 from analysis.rules import VerdictRules
 from analysis.selection import best_choice, selection_table
 from tina_probe.errors import TinaError
