@@ -133,8 +133,15 @@ def knowledge_claims(run: str, changes: pd.DataFrame, rules: VerdictRules = Verd
         return []
     tests = [(ch, _one(ch, rules)) for ch in changes.to_dict("records")]
     with_nll = {ch["probe"] for ch, _ in tests if ch["metric"].lower().startswith("nll")}
-    tested = [i for i, (ch, t) in enumerate(tests) if np.isfinite(t["p_lost"])
-              and not (t["scale"] == "relative" and ch["probe"] in with_nll)]
+
+    def shown_only(ch, t) -> str:
+        if ch["probe"] in rules.task_probes:
+            return "shown, not tested: KL on the task's own prompts is how far RL moved the policy there"
+        if t["scale"] == "relative" and ch["probe"] in with_nll:
+            return "shown, not tested: ppl follows nll of the same probe"
+        return ""
+
+    tested = [i for i, (ch, t) in enumerate(tests) if np.isfinite(t["p_lost"]) and not shown_only(ch, t)]
     adjusted = {}
     if tested:
         reject = multipletests([tests[i][1]["p_lost"] for i in tested], alpha=rules.alpha, method="holm")[0]
@@ -148,8 +155,8 @@ def knowledge_claims(run: str, changes: pd.DataFrame, rules: VerdictRules = Verd
         detail = (f"{ch['probe']}/{ch['metric']}: {fmt(ch['base'])} at base -> {fmt(ch['ckpt'])} at step "
                   f"{ch['step']}; a {side} is a loss; margin {t['margin']}{unit}; {100 * (1 - 2 * rules.alpha):.0f}% "
                   f"CI of the harmful change, {paired_text}" + (f"; {t['note']}" if t.get("note") else ""))
-        if t["scale"] == "relative" and ch["probe"] in with_nll:
-            verdict, detail = "inconclusive", detail + "; shown, not tested: ppl follows nll of the same probe"
+        if shown_only(ch, t):
+            verdict, detail = "inconclusive", detail + "; " + shown_only(ch, t)
         elif not np.isfinite(t["p_lost"]):
             verdict, detail = "inconclusive", detail + "; no stderr (or 0): no test"
         elif t["p_kept"] < rules.alpha:

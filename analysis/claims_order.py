@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.proportion import proportion_confint
 
 from analysis.claim import ClaimRow, fmt, paired, paired_change, per_problem
 from analysis.changepoints import PRIMARY_METHOD
@@ -32,6 +33,13 @@ def _no_rise(run: str, samples: pd.DataFrame, best_step: int | None, why: str, r
         return ClaimRow(run, "format_first", STATISTIC, detail=f"{why}; no per-problem samples to bound the format "
                         "change", rule="R3")
     b0, b1 = paired(per_problem(samples, run, 0), per_problem(samples, run, best_step))
+    formatted, n = float((b0["wf"] * b0["n"]).sum()), float(b0["n"].sum())
+    if n:
+        low = float(proportion_confint(round(formatted), round(n), alpha=2 * rules.alpha, method="wilson")[0])
+        if low > 1 - rules.min_rise:  # the base already formats: no room left for a rise of min_rise
+            return ClaimRow(run, "format_first", STATISTIC, formatted / n, low, np.nan, np.nan, "not supported",
+                            f"the format did not rise: {why}; the base already formats {formatted / n:.3f} of "
+                            f"{int(n)} samples (Wilson lower bound {low:.3f} > 1 - min rise {rules.min_rise})", "R3")
     ch = paired_change(b0["wf"], b1["wf"], rules.min_rise, rules.alpha)
     text = (f"{why}; format rate {fmt(float(b0['wf'].mean()))} -> {fmt(float(b1['wf'].mean()))} at step "
             f"{best_step} (change {fmt(ch.diff)} [{fmt(ch.ci_low)}, {fmt(ch.ci_high)}], {ch.n} problems); "

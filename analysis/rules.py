@@ -22,7 +22,8 @@ R3 order       format_first: the format rate (eval, test benchmark) has a rise o
                equivalent to the base's (paired TOST within `accuracy_margin`). Not supported when the first
                lenient change point's range lies wholly before the format onset's and, on the steps between,
                lenient accuracy differs from the base's while the format has not risen by `min_rise`; or when the
-               format did not rise (the paired CI of the format change base -> best lies below `min_rise`). A tie
+               format did not rise (the paired CI of the format change base -> best lies below `min_rise`, or the base
+               already formats more than 1 - `min_rise`: Wilson lower bound). A tie
                (overlapping ranges, or lenient moving with the format) counts for neither side.
 R4 gain        gain_decomposition: Shapley split of the strict gain S1 - S0 = F1 C1 - F0 C0 (F: well-formatted
                share, C: P(correct | well formatted)); when the base has fewer than `min_formatted_base` formatted
@@ -43,6 +44,8 @@ R7 knowledge   knowledge_kept, per retention metric with its own direction and m
                side, Holm-adjusted over a run's metrics (statsmodels). Paired over items where the table has them
                (lm-eval probes; no item changed: the Clopper-Pearson bound of the changed share), else the
                unpaired sqrt(se0^2 + se1^2) (conservative). No stderr (or stderr 0 without items) is no test.
+               KL on the task's own prompts (`task_probes`) measures how far RL moved the policy where it trained
+               it, which the hypothesis expects; it is shown, not tested as knowledge.
 R8 geometry    update_geometry is descriptive (medians per kind) unless each kind has `min_geometry_runs` runs:
                then a Mann-Whitney test over run-level medians (runs, not pooled modules, are the replicates).
                energy_rank90 is not compared: a rank-r LoRA update has at most r by construction.
@@ -85,6 +88,8 @@ class VerdictRules:
     nll_margin: float = 0.05  # retention NLL change, nats per token (R7)
     ppl_rel_margin: float = 0.05  # retention perplexity change, relative, when no nll is given (R7)
     min_geometry_runs: int = 4  # runs per kind before geometry is tested rather than described (R8)
+    # probes on the task's own prompts (KL of the policy where RL trained it): shown, not tested as knowledge (R7)
+    task_probes: tuple[str, ...] = ("kl_task",)
     n_boot: int = 2000  # bootstrap resamples over problems (R4)
 
 

@@ -288,3 +288,17 @@ def test_best_checkpoint_is_never_scored_on_the_data_that_chose_it(tmp_path):
     Store(few).write("samples", test[test["problem_id"].isin(sorted(test["problem_id"].unique())[:10])])
     gd = _row(run_hypothesis(few, rules=FAST), "r", "gain_decomposition")
     assert gd["verdict"] == "inconclusive" and "fewer than 8 per half" in gd["detail"]
+
+
+def test_task_kl_is_shown_not_tested_and_a_formatted_base_has_no_room_to_rise():
+    rows = [{"run": "r", "step": s, "kind": "base" if s == 0 else "lora", "probe": probe, "metric": "kl",
+             "value": v, "stderr": 0.01} for probe, v1 in (("kl_task", 0.5), ("kl_general", 0.01))
+            for s, v in ((0, 0.0), (100, v1))]
+    by = {r.statistic.split(":")[0]: r for r in knowledge_claims("r", retention_changes(pd.DataFrame(rows), "r", 100))}
+    assert by["kl_task/kl"].verdict == "inconclusive" and "how far RL moved the policy" in by["kl_task/kl"].detail
+    assert by["kl_general/kl"].verdict == "supported"
+    assert knowledge_summary(list(by.values()))[0] == "supported"  # the task's own KL is no loss of knowledge
+    ch = {"format_rate": ("no change", 13, 6), "pass1_lenient": ("changes", 13, 6)}
+    full = _series(lambda s: np.full(len(s), 0.999), lambda s: np.where(s < 100, 0.3, 0.6))
+    r = format_first_claim("r", pd.DataFrame(columns=list(_phase("x", 0, 0, 0, 0))), ch, "b", full, 300)
+    assert r.verdict == "not supported" and "the base already formats" in r.detail

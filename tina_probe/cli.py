@@ -208,7 +208,9 @@ def hypothesis(out: Path = OUT,
                                                     "relative, when no nll (R7)"),
                min_geometry_runs: int = typer.Option(_RULES.min_geometry_runs, help="runs per kind before "
                                                      "LoRA vs full FT is tested, not described (R8)"),
-               n_boot: int = typer.Option(_RULES.n_boot, help="bootstrap resamples over problems (R4)")):
+               n_boot: int = typer.Option(_RULES.n_boot, help="bootstrap resamples over problems (R4)"),
+               task_probes: str = typer.Option(",".join(_RULES.task_probes), help="retention probes on the task's "
+                                               "own prompts: shown, not tested as knowledge (R7)")):
     """Test the format-adaptation hypothesis per run -> hypothesis table with verdicts (rules R0-R9: README)."""
     from analysis.hypothesis import run_hypothesis
 
@@ -222,7 +224,8 @@ def hypothesis(out: Path = OUT,
                          share_threshold=share_threshold, min_formatted_base=min_formatted_base,
                          min_split_problems=min_split_problems, retention_margin=retention_margin,
                          kl_margin=kl_margin, nll_margin=nll_margin, ppl_rel_margin=ppl_rel_margin,
-                         min_geometry_runs=min_geometry_runs, n_boot=n_boot)
+                         min_geometry_runs=min_geometry_runs, n_boot=n_boot,
+                         task_probes=tuple(p.strip() for p in task_probes.split(",") if p.strip()))
     run_hypothesis(out, rules=rules)
 
 
