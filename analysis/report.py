@@ -114,7 +114,7 @@ def figure_gain(decomp: pd.DataFrame, folder: Path) -> str:
     low, high = decomp["gain_low"].to_numpy(dtype=float), decomp["gain_high"].to_numpy(dtype=float)
     yerr = np.vstack([gain - low, high - gain])
     ax.errorbar(np.arange(len(decomp)), gain, yerr=np.clip(np.nan_to_num(yerr), 0, None), fmt="k_", ms=14,
-                capsize=4, label="total gain (95% CI)")
+                capsize=4, label="total gain (90% CI: the one-sided tests at 5%)")
     ax.axhline(0, color="black", lw=0.6)
     ax.legend(fontsize=8)
     return _save(fig, folder, "gain_decomposition.png")

@@ -55,7 +55,7 @@ def evidence_decomposition(ctx: ui.Context) -> None:
     dec = ui.load("gain_decomposition", scoped=False)
     if not ui.need(dec, what="the gain decomposition"):
         return
-    title = "evidence: strict pass@1 gain = format part + correct-given-format part (95% CI)"
+    title = "evidence: strict pass@1 gain = format part + correct-given-format part (90% CI)"
     ui.show_figure("evidence_gain_decomposition", title, "decomposition_bars", dec.df, title)
     ui.show_table(dec.df, "gain_decomposition")
 
