@@ -25,6 +25,7 @@ from analysis.changepoints import (  # noqa: F401  (re-exported: the detection A
     CI_LEVEL, MAX_GRID, METHODS, MIN_POINTS, MIN_SIZE, N_BOOT, PENALTY_C, PRIMARY_METHOD, ChangePoint,
     CostMeanShift, StepDetector, bic_penalty, block_bootstrap_index, curve_change_points, diff_sigma, fitted_sigma,
     piecewise_means)
+from analysis.claim import well_formatted
 from analysis.rules import PhaseRules
 from analysis.selection import best_choice, selection_table
 from analysis.transitions import (  # noqa: F401  (re-exported: these lived here before the split)
@@ -75,10 +76,8 @@ SAMPLE_COLUMN = {"pass1_strict": "correct_strict", "pass1_lenient": "correct_len
 def per_problem_means(samples: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per (benchmark, problem_id) x step: the mean of a samples column (a problem's share of correct or
     well-formatted samples). Without a well_formatted column it is rebuilt as FormatReport defines it."""
-    if column == "well_formatted" and column not in samples.columns:
-        samples = samples.assign(well_formatted=samples["think_closed"].astype(bool)
-                                 & (samples["boxed"].astype(int) == 1) & ~samples["truncated"].astype(bool))
-    return (samples.assign(_v=samples[column].astype(float))
+    values = well_formatted(samples) if column == "well_formatted" else samples[column]
+    return (samples.assign(_v=values.astype(float))
             .pivot_table(index=["benchmark", "problem_id"], columns="step", values="_v", aggfunc="mean"))
 
 
@@ -103,7 +102,7 @@ def curve_noise(samples: pd.DataFrame | None, run: str) -> dict[tuple[str, str],
     df = one_sampling(samples, run)
     out = {}
     for metric, column in SAMPLE_COLUMN.items():
-        if column not in df.columns and column != "well_formatted":
+        if column not in df.columns and column != "well_formatted":  # well_formatted is rebuilt when absent
             continue
         table = per_problem_means(df, column)
         for bench, g in table.groupby(level="benchmark"):
