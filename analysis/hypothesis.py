@@ -61,12 +61,12 @@ def _strict_by_step(samples: pd.DataFrame) -> pd.Series:
     return per.groupby(level="step").mean()
 
 
-def choose_best(samples: pd.DataFrame, passk: pd.DataFrame, run: str, selection: pd.DataFrame,
+def choose_best(run_samples: pd.DataFrame, passk: pd.DataFrame, run: str, selection: pd.DataFrame,
                 rules: VerdictRules) -> Scoring:
     """Rule R1: held-out benchmark if the selection table names one; else half A of the test problems chooses
-    (highest strict pass@1 among trained steps, earliest on ties) and half B scores."""
+    (highest strict pass@1 among trained steps, earliest on ties) and half B scores. `run_samples`: the run's
+    samples under one sampling setting (one_sampling)."""
     choice = best_choice(passk, run, selection)
-    run_samples = one_sampling(samples, run) if not samples.empty else samples
     if choice is not None and choice.held_out:
         scoring = run_samples[run_samples["benchmark"] == choice.benchmark] if not run_samples.empty else run_samples
         return Scoring(choice.step, choice.benchmark, choice.chosen_on, scoring)
@@ -170,13 +170,14 @@ def run_claims(run: str, samples: pd.DataFrame, pk: pd.DataFrame, phases: pd.Dat
                summary: pd.DataFrame, retention: pd.DataFrame, selection: pd.DataFrame, rules: VerdictRules,
                seed: int) -> tuple[list[ClaimRow], dict | None, Scoring]:
     """Every claim of one run: (rows, gain decomposition record or None, the scoring used)."""
-    sc = choose_best(samples, pk, run, selection, rules)
+    run_samples = one_sampling(samples, run) if not samples.empty else samples  # once per run
+    sc = choose_best(run_samples, pk, run, selection, rules)
     rows: list[ClaimRow] = []
     parts: dict[str, tuple[str, str]] = {}
-    test_samples = (one_sampling(samples, run) if not samples.empty else samples)
+    test_samples = run_samples
     if sc.benchmark is not None and not test_samples.empty:
         test_samples = test_samples[test_samples["benchmark"] == sc.benchmark]
-    held = (one_sampling(samples, run).query("benchmark == @sc.chosen_on") if sc.chosen_on and not samples.empty
+    held = (run_samples[run_samples["benchmark"] == sc.chosen_on] if sc.chosen_on and not run_samples.empty
             and sc.chosen_on != sc.benchmark else None)
     ff = format_first_claim(run, phases, eval_status(status, summary, run, sc.benchmark), sc.benchmark,
                             test_samples, sc.step, rules, confirm=held, confirm_on=sc.chosen_on)
