@@ -6,7 +6,10 @@ Writes four tables (per run, benchmark, sampling and grading where they apply):
 - `crossover`: the smallest k at which the base's pass@k reaches each checkpoint's (analysis/crossover.py);
 - `maj`: maj@k for every k <= n, exact over k-subsets (tina_probe/majority.py);
 - `selection`: the best checkpoint chosen on a held-out benchmark and scored on the test one
-  (analysis/selection.py).
+  (analysis/selection.py);
+- `support`: support flows of each checkpoint against the base (kept / gained / lost, SRR, NDR, NSCR) and
+  `answer_entropy` per problem and checkpoint (analysis/support.py, after "The Invisible Leash");
+- `gpassk`: G-Pass@k_tau beside pass@k (tina_probe/gpassk.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from tqdm import tqdm
 from analysis.crossover import CROSSOVER_COLUMNS, crossover_table
 from analysis.problem_dynamics import PROBLEM_COLUMNS, problem_dynamics_table
 from analysis.selection import parse_pairs, selection_table
+from analysis.support import ENTROPY_COLUMNS, MIN_CORRECT, SUPPORT_COLUMNS, answer_entropy_table, support_table
 from tina_probe.errors import TinaError
+from tina_probe.gpassk import GPASSK_COLUMNS, gpassk_table
 from tina_probe.majority import MAJ_COLUMNS, maj_table
 from tina_probe.passk import CORRECT_COLS, passk_table
 from tina_probe.store import Store
@@ -57,17 +62,24 @@ def read_samples(store: Store) -> pd.DataFrame:
 
 
 def dynamics_tables(samples: pd.DataFrame, passk: pd.DataFrame, *, select_on: list[str] | None = None,
-                    n_boot: int = N_BOOT, seed: int = 0, show: bool = True) -> dict[str, pd.DataFrame]:
-    """All four tables from a samples table (and passk for the selection; rebuilt from samples when empty)."""
+                    n_boot: int = N_BOOT, seed: int = 0, show: bool = True, min_correct: int = MIN_CORRECT
+                    ) -> dict[str, pd.DataFrame]:
+    """Every dynamics table from a samples table (and passk for the selection; rebuilt from samples when empty)."""
     pairs = parse_pairs(select_on)
-    parts: dict[str, list[pd.DataFrame]] = {"problem_dynamics": [], "crossover": [], "maj": []}
+    parts: dict[str, list[pd.DataFrame]] = {"problem_dynamics": [], "crossover": [], "maj": [], "support": [],
+                                            "answer_entropy": [], "gpassk": []}
     runs = sorted(samples["run"].unique())
     for run in tqdm(runs, desc="dynamics", unit="run", disable=not show or None):
         frame = samples[samples["run"] == run]
         parts["problem_dynamics"].append(problem_dynamics_table(frame, CORRECT_COLS))
         parts["crossover"].append(crossover_table(frame, CORRECT_COLS, n_boot=n_boot, seed=seed))
         parts["maj"].append(maj_table(frame, n_boot=n_boot, seed=seed))
-    columns = {"problem_dynamics": PROBLEM_COLUMNS, "crossover": CROSSOVER_COLUMNS, "maj": MAJ_COLUMNS}
+        parts["support"].append(support_table(frame, CORRECT_COLS, min_correct=min_correct, n_boot=n_boot,
+                                              seed=seed))
+        parts["answer_entropy"].append(answer_entropy_table(frame))
+        parts["gpassk"].append(gpassk_table(frame, n_boot=n_boot, seed=seed))
+    columns = {"problem_dynamics": PROBLEM_COLUMNS, "crossover": CROSSOVER_COLUMNS, "maj": MAJ_COLUMNS,
+               "support": SUPPORT_COLUMNS, "answer_entropy": ENTROPY_COLUMNS, "gpassk": GPASSK_COLUMNS}
     tables = {name: (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns[name]))
               for name, frames in parts.items()}
     if passk.empty:
@@ -81,11 +93,14 @@ def dynamics_tables(samples: pd.DataFrame, passk: pd.DataFrame, *, select_on: li
 
 
 def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int = N_BOOT,
-                 seed: int = 0) -> dict[str, pd.DataFrame]:
-    """`tina-probe dynamics`: read the store at `out`, write problem_dynamics, crossover, maj and selection."""
+                 seed: int = 0, min_correct: int = MIN_CORRECT) -> dict[str, pd.DataFrame]:
+    """`tina-probe dynamics`: read the store at `out`, write every table in the module docstring."""
+    if min_correct < 1:
+        raise TinaError(f"--support-min-correct {min_correct}: a problem needs >= 1 correct sample to be in support")
     store = Store(out)
     samples = read_samples(store)
-    tables = dynamics_tables(samples, store.read("passk"), select_on=select_on, n_boot=n_boot, seed=seed)
+    tables = dynamics_tables(samples, store.read("passk"), select_on=select_on, n_boot=n_boot, seed=seed,
+                             min_correct=min_correct)
     for name, df in tables.items():
         store.write(name, df.reset_index(drop=True))
     return tables
