@@ -261,11 +261,15 @@ def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
 def dynamics(out: Path = OUT,
              select_on: Optional[List[str]] = typer.Option(None, "--select-on", help="HELD_OUT[=TEST]: pick the "
                                                            "best checkpoint on HELD_OUT, score it on TEST (default: "
-                                                           "*-probe* -> *-test*)")):
-    """Series dynamics: per-problem labels, pass@k crossover, maj@k, held-out selection -> four tables."""
+                                                           "*-probe* -> *-test*)"),
+             support_min_correct: int = typer.Option(1, "--support-min-correct", help="correct samples a problem "
+                                                     "needs to be in a checkpoint's empirical support (threshold "
+                                                     "= this / n)")):
+    """Series dynamics: per-problem labels, pass@k crossover, maj@k, held-out selection, support flows and answer
+    entropy (Invisible Leash), G-Pass@k_tau -> seven tables."""
     from analysis.dynamics import run_dynamics
 
-    tables = run_dynamics(out, select_on=_split(select_on))
+    tables = run_dynamics(out, select_on=_split(select_on), min_correct=support_min_correct)
     typer.echo("dynamics: " + ", ".join(f"{name} ({len(df)} rows)" for name, df in tables.items()) + f" in {out}")
 
 
@@ -314,6 +318,28 @@ def lab_real(quick: bool = typer.Option(False, "--quick", help="a reduced study 
     from tina_probe.lab.study import run_lab
 
     run_lab(out=out, runs_root=runs, plan_name="real-quick" if quick else "real", eval_limit=limit)
+
+
+@lab_app.command("real-sweep")
+@user_errors
+def lab_real_sweep(lora: str = typer.Option("5e-4,1e-3,2e-3", "--lora", help="LoRA learning rates, comma-separated"),
+                   full: str = typer.Option("1e-5,2e-5,5e-5", "--full", help="full-FT learning rates"),
+                   steps: int = typer.Option(8, "--steps", help="GRPO steps per run"),
+                   out: Optional[Path] = typer.Option(None, "--out", help="the sweep's JSON [default: "
+                                                      "results/real-sweep/lr-sweep.json]"),
+                   runs: Optional[Path] = typer.Option(None, "--runs", help="[default: runs/real-sweep/]")):
+    """Learning rates for the real study by measurement: each arm trained STEPS steps per rate, two runs side by
+    side; per arm the rate with the highest late total training reward is chosen (rule: tina_probe/lab/lr_sweep.py)."""
+    from tina_probe.lab.lr_sweep import run_sweep
+
+    def rates(text: str, flag: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise TinaError(f"{flag} {text}: not a comma-separated list of numbers") from None
+
+    run_sweep(lora_rates=rates(lora, "--lora"), full_rates=rates(full, "--full"), steps=steps, runs_root=runs,
+              out=out)
 
 
 @lab_app.command("pretrain")

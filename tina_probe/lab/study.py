@@ -149,14 +149,6 @@ def _manifest(run_dir: Path) -> dict:
         return {}
 
 
-def _max_steps(recipe: str, plan: StudyPlan) -> int:
-    steps = _recipe(recipe)["grpo"]["max_steps"]
-    for o in plan.overrides:
-        if o.startswith("grpo.max_steps="):
-            steps = int(o.split("=", 1)[1])
-    return steps
-
-
 def _done(run_dir: Path, max_steps: int) -> bool:
     m = _manifest(run_dir)
     return m.get("status") == "complete" and m.get("global_step") == max_steps
@@ -167,38 +159,61 @@ def _latest_step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run: a shipped recipe, the run's name and its `--set` overrides."""
+
+    recipe: str
+    name: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def max_steps(self) -> int:
+        steps = _recipe(self.recipe)["grpo"]["max_steps"]
+        for o in self.overrides:
+            if o.startswith("grpo.max_steps="):
+                steps = int(o.split("=", 1)[1])
+        return steps
+
+
 def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
     """Train every recipe of the plan, `plan.parallel` at a time with one thread each; skip finished runs."""
+    jobs = [TrainJob(recipe, recipe + plan.name_suffix, plan.overrides) for recipe in plan.recipes]
+    return train_jobs(jobs, runs_root, plan.parallel)
+
+
+def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list[Path]:
+    """Train each job in a `tina-probe train` subprocess, `parallel` at a time (the cores split between them);
+    skip finished runs; a failed run stops the rest with its log's last lines."""
     runs_root.mkdir(parents=True, exist_ok=True)
     todo, run_dirs = [], []
-    for recipe in plan.recipes:
-        name = recipe + plan.name_suffix
-        run_dir = runs_root / name
+    for job in jobs:
+        run_dir = runs_root / job.name
         run_dirs.append(run_dir)
-        if _done(run_dir, _max_steps(recipe, plan)):
-            console.print(f"[green]✓[/] {name}: already trained")
+        if _done(run_dir, job.max_steps):
+            console.print(f"[green]✓[/] {job.name}: already trained")
         else:
-            todo.append((recipe, name, run_dir))
+            todo.append((job, run_dir))
     if not todo:
         return run_dirs
-    threads = max(1, (os.cpu_count() or 2) // plan.parallel)
+    threads = max(1, (os.cpu_count() or 2) // parallel)
     bars: dict[str, tqdm] = {}
+    active: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:
         pending = list(todo)
-        active: dict[str, tuple[subprocess.Popen, Path, str]] = {}
         while pending or active:
-            while pending and len(active) < plan.parallel:
-                recipe, name, run_dir = pending.pop(0)
+            while pending and len(active) < parallel:
+                job, run_dir = pending.pop(0)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                args = ["train", "--recipe", str(RECIPES / f"{recipe}.yaml"), "--out", str(runs_root),
-                        "--set", f"name={name}"]
-                for o in plan.overrides:
+                args = ["train", "--recipe", str(RECIPES / f"{job.recipe}.yaml"), "--out", str(runs_root),
+                        "--set", f"name={job.name}"]
+                for o in job.overrides:
                     args += ["--set", o]
-                bars[name] = tqdm(total=_max_steps(recipe, plan), desc=f"train {name}", unit="step",
-                                  position=len(bars), leave=True, dynamic_ncols=True)
-                active[name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir, recipe)
+                bars[job.name] = tqdm(total=job.max_steps, desc=f"train {job.name}", unit="step",
+                                      position=len(bars), leave=True, dynamic_ncols=True)
+                active[job.name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir)
             time.sleep(2)
-            for name, (proc, run_dir, recipe) in list(active.items()):
+            for name, (proc, run_dir) in list(active.items()):
                 bar = bars[name]
                 done = _latest_step(run_dir) - bar.n
                 if done > 0:  # only real progress redraws (in a log file every redraw is a new line)
@@ -210,6 +225,10 @@ def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
                         raise TinaError(f"{run_dir / 'train.log'}: training {name} failed: {' | '.join(tail)}")
                     bar.update(bar.total - bar.n)
     finally:
+        for proc, _ in active.values():  # an interrupted study ends its training children too
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
         for bar in bars.values():
             bar.close()
     return run_dirs
