@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from analysis import spectra_math as sm
+from analysis.path_not_taken import GEOMETRY_COLUMNS, module_geometry
 from tina_probe.errors import TinaError
 from tina_probe.runs import checkpoint_identity
 from tina_probe.store import Store, atomic_write_bytes, stable_key
@@ -68,6 +69,14 @@ class SpectrumRow:
     sparsity: float | None = None
     sparsity_bf16: float | None = None
     subspace_sim_prev: float | None = None
+    # The Path Not Taken columns (analysis/path_not_taken.py rules G1-G4; with W_t formed: intruders on)
+    sparsity_rel: float | None = None
+    rotation_max_deg_u: float | None = None
+    rotation_max_deg_v: float | None = None
+    spectral_shift: float | None = None
+    principal_overlap: float | None = None
+    principal_baseline: float | None = None
+    principal_k: int | None = None
     module_path: str = ""  # layers.N.<...>.<module> (the key that pairs modules across checkpoints)
     tied: bool = False    # the matrix is shared by two modules (tied embeddings: embed_tokens is lm_head)
     note: str = ""        # what a reader must know about the row (e.g. the tie, counted once)
@@ -75,7 +84,7 @@ class SpectrumRow:
 
 COLUMNS = [f for f in SpectrumRow.__dataclass_fields__]
 _INT_COLUMNS = ["energy_rank90", "intruders", "intruders_eps03", "intruders_eps05", "intruders_eps07",
-                "intruders_eps09"]
+                "intruders_eps09", "principal_k"]
 
 
 @dataclass
@@ -293,6 +302,7 @@ def base_metrics(U: np.ndarray, r: int, *, W0: np.ndarray, U0: np.ndarray, s0: n
             out[f"intruders_eps{int(round(eps * 10)):02d}"] = int(np.sum(cos < eps))
         out["intruders"] = out["intruders_eps05"]
         out["spectral_drift"] = sm.spectral_drift(s_t, s0)
+        out.update(module_geometry(W0, W_t))
     if delta is not None and W_t is not None:
         out["sparsity"] = sm.sparsity(delta)
         out["sparsity_bf16"] = sm.sparsity_bf16(W_t, W0)
@@ -489,7 +499,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     for col in _INT_COLUMNS:
         df[col] = df[col].astype("Int64")
     for col in ["rel_norm", "principal_angle_mean_deg", "spectral_drift", "sparsity", "sparsity_bf16",
-                "subspace_sim_prev"]:
+                "subspace_sim_prev", *[c for c in GEOMETRY_COLUMNS if c != "principal_k"]]:
         df[col] = df[col].astype("float64")
     return df
 
@@ -568,7 +578,8 @@ def _part_key(ckpt, prev, settings: tuple) -> str:
     adapter's base's), the previous checkpoint's files (subspace_sim_prev) and the analysis settings; a checkpoint
     saved again, or another --top, is analysed again (and its new part outranks the old one: newest_last)."""
     files = (*checkpoint_identity(ckpt), None if prev is None else (str(prev.path), checkpoint_identity(prev)[0]))
-    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', str(ckpt.path), files, *settings)}"
+    # "columns-2": the Path-Not-Taken columns; parts written before them are analysed again
+    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', 'columns-2', str(ckpt.path), files, *settings)}"
 
 
 def _subspace_file(cache_dir: Path, ckpt) -> Path:
