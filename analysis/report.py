@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from analysis import report_rl  # noqa: E402
 from analysis.phase import PRIMARY_METHOD  # noqa: E402
 from tina_probe.store import Store, atomic_write_text  # noqa: E402
 
@@ -27,7 +28,8 @@ FILLS = {  # table -> the command that writes it
     "hypothesis": "tina-probe hypothesis", "gain_decomposition": "tina-probe hypothesis",
     "phases": "tina-probe phase --runs runs/*", "phase_summary": "tina-probe phase --runs runs/*",
     "training_curves": "tina-probe phase --runs runs/*", "passk": "tina-probe eval --ckpts runs/*",
-    "format": "tina-probe eval --ckpts runs/*",
+    "format": "tina-probe eval --ckpts runs/*", "spectra": "tina-probe spectra --ckpts runs/*",
+    "support": "tina-probe dynamics", "answer_entropy": "tina-probe dynamics", "gpassk": "tina-probe dynamics",
 }
 SUMMARY_COLUMNS = ["run", "benchmark", "best_step", "best_value", "base_value", "transition_metric",
                    "transition_step", "transition_low", "transition_high", "lag_steps", "lag_share",
@@ -201,4 +203,9 @@ def write_report(out: Path) -> Path:
     _section(lines, "Accuracy over training", accuracy)
     _section(lines, "Format over training", fmt)
     _section(lines, "Gain decomposition", gain)
+    _section(lines, "Where the update lands (The Path Not Taken)",
+             lambda: report_rl.geometry_section(t["spectra"], folder, _save))
+    _section(lines, "Support kept, gained, lost; answer diversity (The Invisible Leash)",
+             lambda: report_rl.support_section(t["support"], t["answer_entropy"], folder, _save))
+    _section(lines, "Stability of correctness (G-Pass@k)", lambda: report_rl.gpassk_section(t["gpassk"], folder, _save))
     return atomic_write_text(folder / "report.md", "\n".join(lines))

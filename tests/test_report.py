@@ -2,6 +2,7 @@
 
 import re
 
+from analysis.dynamics import run_dynamics
 from analysis.hypothesis import run_hypothesis
 from analysis.phase import run_phase
 from analysis.rules import VerdictRules
@@ -16,11 +17,14 @@ def test_report_on_the_planted_study_links_real_figures(tmp_path):
     out = tmp_path / "results"
     run_phase([str(d) for d in run_dirs], out, n_boot=20)
     run_hypothesis(out, rules=VerdictRules(n_boot=100))
+    run_dynamics(out, n_boot=50)
     md_path = write_report(out)
     assert md_path == out / "report" / "report.md"
     text = md_path.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert set(images) == {"training_curves.png", "pass1.png", "format_rate.png", "gain_decomposition.png"}
+    assert set(images) == {"training_curves.png", "pass1.png", "format_rate.png", "gain_decomposition.png",
+                           "support.png", "gpassk.png"}  # no weights in this store: no Path-Not-Taken figure
+    assert "No Path-Not-Taken columns in `spectra`" in text
     for name in images:
         data = (md_path.parent / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
