@@ -657,4 +657,14 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
     df = store.consolidate(TABLE, key_cols=["run", "step", "layer", "module", "module_path"], newest_last=True)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
+    if intruders and len(runs) > 1:  # cross-run changed-mask overlap (rule G5), each run at its last checkpoint
+        from analysis.update_overlap import update_overlap_table
+
+        try:
+            overlap = update_overlap_table(runs)
+        except TinaError as exc:
+            log.warning("spectra: no update_overlap table: %s", exc)
+        else:
+            if not overlap.empty:
+                store.write("update_overlap", overlap)
     return df

@@ -102,3 +102,35 @@ def test_spectra_columns_equal_the_dense_reference(tmp_path, kind):
     truth = module_geometry(W0.astype(np.float32), W_t)
     for col, value in truth.items():
         assert row[col] == pytest.approx(value, rel=1e-4, abs=1e-4), col
+
+
+def test_update_overlap_of_two_runs_with_planted_masks(tmp_path):
+    """Two full runs whose changed masks are planted (20% and 30%, overlapping on a known set) and a LoRA run: the
+    table's Jaccard equals the planted one, its baseline pq/(p+q-pq), and LoRA's mask is W0+sBA's."""
+    from tests.test_spectra import _write_full, _write_lora
+    from analysis.update_overlap import update_overlap_table
+    from tina_probe.runs import Checkpoint, Run
+
+    rng = np.random.default_rng(0)
+    key = "model.layers.0.mlp.up_proj.weight"
+    W0 = rng.normal(size=(60, 50)).astype(np.float32) + 3.0  # no entry near 0
+    base = _write_full(tmp_path / "base", {key: W0})
+    u = rng.random(W0.shape)
+    mask_a, mask_b = u < 0.2, (u > 0.1) & (u < 0.4)  # overlap: 0.1 < u < 0.2
+    runs = []
+    for name, mask in (("a", mask_a), ("b", mask_b)):
+        d = _write_full(tmp_path / name / "checkpoint-4", {key: W0 + mask * 0.5})
+        ck = Checkpoint(run=name, step=4, kind="full", path=d, base=str(base))
+        runs.append(Run(name=name, path=d.parent, kind="full", base=str(base), checkpoints=(ck,)))
+    A, B = rng.normal(size=(2, 50)), rng.normal(size=(60, 2))
+    d = _write_lora(tmp_path / "l" / "checkpoint-4", {"layers.0.mlp.up_proj": (A, B)}, r=2, alpha=2.0)
+    ck = Checkpoint(run="l", step=4, kind="lora", path=d, base=str(base))
+    runs.append(Run(name="l", path=d.parent, kind="lora", base=str(base), checkpoints=(ck,)))
+    t = update_overlap_table(runs)
+    ab = t[(t.run_a == "a") & (t.run_b == "b") & (t.module_path == "layers.0.mlp.up_proj")].iloc[0]
+    assert ab.jaccard == pytest.approx(jaccard(mask_a, mask_b))
+    assert ab.baseline == pytest.approx(independent_jaccard(mask_a.mean(), mask_b.mean()))
+    la = t[(t.run_a == "a") & (t.run_b == "l") & (t.module_path == "overall")].iloc[0]
+    lora_mask = changed_mask(W0 + (B @ A).astype(np.float32), W0)
+    assert la.jaccard == pytest.approx(jaccard(mask_a, lora_mask), rel=1e-6)
+    assert len(t[t.module_path == "overall"]) == 3  # every pair of the three runs
