@@ -9,7 +9,9 @@ Writes four tables (per run, benchmark, sampling and grading where they apply):
   (analysis/selection.py);
 - `support`: support flows of each checkpoint against the base (kept / gained / lost, SRR, NDR, NSCR) and
   `answer_entropy` per problem and checkpoint (analysis/support.py, after "The Invisible Leash");
-- `gpassk`: G-Pass@k_tau beside pass@k (tina_probe/gpassk.py).
+- `gpassk`: G-Pass@k_tau beside pass@k (tina_probe/gpassk.py);
+- `razor`: whether task KL or the weight-change norm predicts forgetting along the series (analysis/razor.py,
+  after "RL's Razor"), when the store has retention rows.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int =
     samples = read_samples(store)
     tables = dynamics_tables(samples, store.read("passk"), select_on=select_on, n_boot=n_boot, seed=seed,
                              min_correct=min_correct)
+    retention = store.read("retention")
+    if not retention.empty:
+        from analysis.razor import razor_table
+
+        path = store.table_path("spectra")
+        spectra = pd.read_parquet(path, columns=["run", "step", "rel_norm"]) if path.is_file() else None
+        tables["razor"] = razor_table(retention, spectra, n_boot=n_boot, seed=seed)
     for name, df in tables.items():
         store.write(name, df.reset_index(drop=True))
     return tables
