@@ -34,6 +34,8 @@ DISTRIBUTION = {
     "kl_general": ("kl_ref", "lab/general.txt"),
     "ppl_general": ("ppl_ref", "lab/general.txt"),
     "kl_task": ("kl_task", "lab/probe.jsonl"),
+    # the real task's held-out prompts as training renders them (question + the boxed instruction)
+    "kl_task_real": ("kl_task", "real/probe.jsonl"),
     # real English text for real models (data/retention/real/SOURCE.md): 40 GSM8K test solutions
     "kl_real": ("kl_ref", "retention/real/gsm8k_text.txt"),
     "ppl_real": ("ppl_ref", "retention/real/gsm8k_text.txt"),
@@ -41,7 +43,7 @@ DISTRIBUTION = {
 # a real model's offline probes: multiple choice on 100 MMLU-STEM questions (letters, and the cloze form that
 # small models answer above chance), KL to the base and perplexity on real text
 REAL_PROBES = ("real_mmlu_stem", "real_mmlu_stem_cloze", "kl_real", "ppl_real")
-PROMPT_FIELDS = ("question", "prompt", "problem", "input")
+PROMPT_FIELDS = ("prompt", "question", "problem", "input")  # "prompt" first: a real task's rendered prompt
 _LOCAL_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
 _TRUE = {"1", "true", "yes", "on"}
 

@@ -89,7 +89,7 @@ class VerdictRules:
     ppl_rel_margin: float = 0.05  # retention perplexity change, relative, when no nll is given (R7)
     min_geometry_runs: int = 4  # runs per kind before geometry is tested rather than described (R8)
     # probes on the task's own prompts (KL of the policy where RL trained it): shown, not tested as knowledge (R7)
-    task_probes: tuple[str, ...] = ("kl_task",)
+    task_probes: tuple[str, ...] = ("kl_task", "kl_task_real")
     n_boot: int = 2000  # bootstrap resamples over problems (R4)
 
 

@@ -14,6 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from tina_probe.errors import TinaError
+
+ROOT = Path(__file__).resolve().parents[1]
 from tina_probe.real import models as real_models
 from tina_probe.real.gguf_import import MARKER, convert_gguf, read_gguf_header
 from tina_probe.real.models import KNOWN, resolve_model, safetensors_complete, why_broken
@@ -404,17 +406,18 @@ def _solve(question: str) -> int:
     return have
 
 
-def test_real_study_plans_evaluate_the_gsm8k_slice_in_a_smaller_call(tmp_path):
-    """The real study evaluates each run on real-test, its held-out real-probe and the GSM8K slice; the slice (64
-    tokens cut almost every GSM8K solution) gets its own, smaller problem count."""
+def test_real_study_plans_evaluate_test_and_held_out_splits(tmp_path):
+    """The real study evaluates each run on real-test (4 samples) and its held-out real-probe (2 samples, in a call of
+    its own), and no GSM8K (its base answers run past 512 tokens: data/real/gsm8k-budget.json); --quick in one call."""
     from tina_probe.lab.study import PLANS, eval_calls
 
-    dirs = [tmp_path / "real-lora", tmp_path / "real-full"]
-    for name in ("real", "real-quick"):
-        plan = PLANS[name]
-        calls = eval_calls(plan, dirs)
-        assert calls == [([str(d) for d in dirs], ["real-test", "real-probe"], plan.eval_limit),
-                         ([str(d) for d in dirs], ["gsm8k-head100"], plan.extra_limit)]
-        assert plan.extra_limit < plan.eval_limit
+    dirs = [str(d) for d in (tmp_path / "real-lora", tmp_path / "real-full")]
+    real = PLANS["real"]
+    assert eval_calls(real, [Path(d) for d in dirs]) == [(dirs, ["real-probe"], real.eval_limit, 2),
+                                                          (dirs, ["real-test"], real.eval_limit, 4)]
+    quick = PLANS["real-quick"]
+    assert eval_calls(quick, [Path(d) for d in dirs]) == [(dirs, ["real-test", "real-probe"], quick.eval_limit, 2)]
+    budget = json.loads((ROOT / "data" / "real" / "gsm8k-budget.json").read_text())
+    assert budget["cut_off_share"]["512"] > 0.2  # why GSM8K left the default study
     lab = eval_calls(PLANS["quick"], [tmp_path / "lab-lora-r8", tmp_path / "lab-full"])
-    assert lab == [([str(tmp_path / "lab-lora-r8"), str(tmp_path / "lab-full")], ["lab-test", "lab-probe"], 24)]
+    assert lab == [([str(tmp_path / "lab-lora-r8"), str(tmp_path / "lab-full")], ["lab-test", "lab-probe"], 24, 2)]

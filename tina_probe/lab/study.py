@@ -39,6 +39,9 @@ class StudyPlan:
     probe_limit: int | None = 64
     spectra: bool = True
     spectra_intruders: bool = True  # intruders, drift, sparsity: an SVD of every updated matrix per checkpoint
+    geometry_at: str = "all"  # with spectra_intruders off: "last" still gives each run's last checkpoint the
+    #                           intruder and Path-Not-Taken columns (an SVD of W_t per matrix), "none" gives none
+    held_out_n: int | None = None  # samples per problem on the held-out split (None: eval_n)
     retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
     held_out: bool = True  # also evaluate each run's held-out split (its benchmark with "probe" for "test"), on
     #                        which `phase`, `dynamics` and `hypothesis` pick the best checkpoint
@@ -68,25 +71,29 @@ VALIDATE = StudyPlan(
     retention_at="best",
 )
 # A real pretrained model (SmolLM2-135M-Instruct, converted once into the cache: tina_probe/real/) through the same
-# study: a matched LoRA and full-FT run on the real task (data/real/), evaluated on its test and held-out splits and
-# on a shipped GSM8K slice with GSM8K's prompt template; retention on real text (an MMLU-STEM slice through lm-eval,
-# KL to the base and perplexity on GSM8K solution text).
+# study: a matched LoRA and full-FT run on the real task (data/real/), evaluated on its test and held-out splits;
+# retention on real text (an MMLU-STEM slice through lm-eval, KL to the base and perplexity on GSM8K solution text)
+# and the task KL of RL's Razor on the task's held-out prompts (kl_task_real).
 # The letters form of MMLU is left out: the 135M base answers "A" to almost everything (acc 0.14, below chance), so it
 # cannot show forgetting; the cloze form and KL / perplexity on real text can. Probed at the base and each run's best.
-REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real")
-# Sized for 2 cores from costs measured on a quiet machine (data/real/<base>.measure.json): one GRPO step (4 prompts x
-# 4 samples x <= 64 tokens) takes ~95 s per run with the two runs side by side, sampling runs at ~70 tokens/s, and the
-# spectra of one checkpoint (intruders need an SVD of every updated matrix) take ~35-45 s.
+REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real", "kl_task_real")
+# Sized for 2 cores from costs measured on a quiet machine: one GRPO step (4 prompts x 4 samples x <= 64 tokens) takes
+# ~36 s per run with the two runs side by side (data/real/lr-sweep.json), and the learning rates are the sweep's
+# (`tina-probe lab real-sweep`: LoRA 1e-3, full FT 5e-5, in the recipes). The recipes' 30 steps with a checkpoint
+# every 3 give 11 evaluated points per run (base included). The test split gets 4 samples per problem, the held-out
+# split (which only chooses the best checkpoint) 2. No GSM8K: the base's GSM8K answers still run past 512 tokens in
+# 38% of samples (data/real/gsm8k-budget.json), far beyond what fits per checkpoint here. Spectra skip the SVD of
+# every W_t except at each run's last checkpoint (intruders and the Path-Not-Taken geometry there).
 REAL = StudyPlan(
-    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=12", "grpo.save_steps=4"),
-    extra_benchmarks=("gsm8k-head100",), eval_n=4, eval_limit=16, extra_limit=8,
-    probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
+    recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=30", "grpo.save_steps=3"),
+    eval_n=4, held_out_n=2, eval_limit=16, probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
+    spectra_intruders=False, geometry_at="last",
 )
 # --quick: one GRPO step of 2 prompts x 4 samples per run, a few problems, spectra without intruders (which need an
 # SVD of every updated matrix: ~35 s per checkpoint here); a smoke test of every step, not a result.
 REAL_QUICK = StudyPlan(
     recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=1", "grpo.save_steps=1", "grpo.prompts_per_step=2"),
-    name_suffix="-quick", extra_benchmarks=("gsm8k-head100",), eval_n=2, eval_limit=6, extra_limit=2,
+    name_suffix="-quick", eval_n=2, eval_limit=6,
     probes=REAL_PROBES, probe_limit=8, max_tokens=64, retention_at="best", spectra_intruders=False,
 )
 PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE, "real": REAL, "real-quick": REAL_QUICK}
@@ -125,21 +132,27 @@ def eval_benchmarks(recipe: str, plan: StudyPlan) -> tuple[str, ...]:
     return tuple(dict.fromkeys((test, *held, *plan.extra_benchmarks)))
 
 
-def eval_calls(plan: StudyPlan, run_dirs: list[Path]) -> list[tuple[list[str], list[str], int | None]]:
-    """(run folders, benchmarks, problem limit) of each `eval` call: runs with the same benchmarks together, the
-    extra benchmarks in a call of their own when their limit differs."""
+def eval_calls(plan: StudyPlan, run_dirs: list[Path]) -> list[tuple[list[str], list[str], int | None, int]]:
+    """(run folders, benchmarks, problem limit, samples per problem) of each `eval` call: runs with the same
+    benchmarks together; the extra benchmarks in a call of their own when their limit differs, the held-out split
+    when its n differs."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for recipe, run_dir in zip(plan.recipes, run_dirs):
         groups.setdefault(eval_benchmarks(recipe, plan), []).append(str(run_dir))
     calls = []
     for benches, dirs in groups.items():
         extra = [b for b in benches if b in plan.extra_benchmarks]
+        own = [b for b in benches if b not in extra]
+        if plan.held_out_n is not None and plan.held_out_n != plan.eval_n:
+            held = [b for b in own if "probe" in b]
+            own = [b for b in own if b not in held]
+            calls.append((dirs, held, plan.eval_limit, plan.held_out_n))
         if plan.extra_limit is None or plan.extra_limit == plan.eval_limit or not extra:
-            calls.append((dirs, list(benches), plan.eval_limit))
+            calls.append((dirs, own + extra, plan.eval_limit, plan.eval_n))
         else:
-            calls.append((dirs, [b for b in benches if b not in extra], plan.eval_limit))
-            calls.append((dirs, extra, plan.extra_limit))
-    return calls
+            calls.append((dirs, own, plan.eval_limit, plan.eval_n))
+            calls.append((dirs, extra, plan.extra_limit, plan.eval_n))
+    return [c for c in calls if c[1]]
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -337,14 +350,18 @@ def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | N
     console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
-    for dirs, benches, limit in eval_calls(plan, run_dirs):
-        run_eval(dirs, benchmarks=benches, n=plan.eval_n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
+    for dirs, benches, limit, n in eval_calls(plan, run_dirs):
+        run_eval(dirs, benchmarks=benches, n=n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
                  out=out, limit=limit)
     ckpts = [str(d) for d in run_dirs]
     if plan.spectra:
         console.rule("update spectra")
         run_cli("spectra", "--ckpts", *ckpts, "--out", str(out),
                 *(() if plan.spectra_intruders else ("--no-intruders",)))
+        last = [str(d / f"checkpoint-{_latest_step(d)}") for d in run_dirs if _latest_step(d) > 0]
+        if not plan.spectra_intruders and plan.geometry_at == "last" and last:
+            console.rule("intruders and Path-Not-Taken geometry at each run's last checkpoint")
+            run_cli("spectra", "--ckpts", *last, "--out", str(out))
     console.rule("phase transitions")
     run_cli("phase", "--runs", *ckpts, "--out", str(out))
     console.rule("retention probes")
