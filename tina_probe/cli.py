@@ -242,8 +242,8 @@ def report(out: Path = OUT):
 @app.command("app")
 @user_errors
 def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
-    """Open the Streamlit explorer over a results store (bound to 127.0.0.1)."""
-    import subprocess
+    """Open the Streamlit explorer over a results store (bound to 127.0.0.1); ends its server when terminated."""
+    from tina_probe.children import run_forwarding
 
     script = Path(__file__).resolve().parents[1] / "streamlit_app.py"
     if not script.is_file():
@@ -253,7 +253,7 @@ def app_(out: Path = OUT, port: int = typer.Option(8501, "--port")):
            "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
            "--", "--out", str(out.resolve())]
     typer.echo(f"explorer at http://127.0.0.1:{port}  (results: {out})")
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(run_forwarding(cmd))
 
 
 @app.command()

@@ -106,7 +106,10 @@ def run_sweep(*, lora_rates=LORA_RATES, full_rates=FULL_RATES, steps: int = 8, r
     # LoRA and full FT alternate so that the two runs side by side cost alike (a LoRA step costs a full one's here)
     order = [r for pair in zip(sweep[:len(lora_rates)], sweep[len(lora_rates):]) for r in pair]
     order += [r for r in sweep if r not in order]
-    train_jobs([r.job() for r in order], runs_root, parallel=2)
+    from tina_probe.children import sigterm_as_exit
+
+    with sigterm_as_exit():  # a terminated sweep ends its training children
+        train_jobs([r.job() for r in order], runs_root, parallel=2)
     runs = []
     for r in sweep:
         curve = curves(runs_root / r.name)

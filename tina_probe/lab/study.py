@@ -112,9 +112,16 @@ def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Pop
 
 
 def run_cli(*args: str, threads: int = 2) -> None:
-    """Run one `tina-probe` step to completion; a failure stops the study with the step named."""
+    """Run one `tina-probe` step to completion; a failure stops the study with the step named, and a study stopped
+    from outside stops the step too."""
+    from tina_probe.children import stop
+
     proc = cli(*args, threads=threads)
-    if proc.wait() != 0:
+    try:
+        proc.wait()
+    finally:
+        stop(proc)
+    if proc.returncode != 0:
         raise TinaError(f"tina-probe {' '.join(args[:1])}: step failed (exit {proc.returncode}); rerun to resume")
 
 
@@ -238,10 +245,10 @@ def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list
                         raise TinaError(f"{run_dir / 'train.log'}: training {name} failed: {' | '.join(tail)}")
                     bar.update(bar.total - bar.n)
     finally:
+        from tina_probe.children import stop
+
         for proc, _ in active.values():  # an interrupted study ends its training children too
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+            stop(proc)
         for bar in bars.values():
             bar.close()
     return run_dirs
@@ -330,8 +337,16 @@ def study_folders(name: str, out: Path | None, runs_root: Path | None) -> tuple[
     return out.expanduser().resolve(), runs_root.expanduser().resolve()
 
 
-def run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | None = None,
-            plan_name: str | None = None, eval_limit: int | None = None) -> None:
+def run_lab(**kwargs) -> None:
+    """The study (see _run_lab); SIGTERM ends it like Ctrl-C, so its training and analysis children end too."""
+    from tina_probe.children import sigterm_as_exit
+
+    with sigterm_as_exit():
+        _run_lab(**kwargs)
+
+
+def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | None = None,
+             plan_name: str | None = None, eval_limit: int | None = None) -> None:
     """Train, evaluate, analyse and report the lab study; every step resumes from what exists.
 
     plan_name picks FULL, QUICK or VALIDATE (default: by `quick`); results go to OUT and the runs to RUNS (defaults
