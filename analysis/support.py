@@ -108,13 +108,21 @@ def answer_entropy(answers) -> tuple[int, int, float]:
 
 
 def answer_entropy_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, step, benchmark, sampling and problem: its answer-level entropy (rule S4)."""
+    """One row per run, step, benchmark, sampling and problem: its answer-level entropy (rule S4), computed from
+    answer counts per group (one groupby, not a loop over problems: a long series has tens of thousands)."""
     if "extracted_answer" not in samples.columns:
         return pd.DataFrame(columns=ENTROPY_COLUMNS)
-    rows = []
     keys = ["run", "step", "kind", "benchmark", "sampling", "problem_id"]
-    for key, frame in samples.groupby(keys, dropna=False, sort=True):
-        answered, distinct, h = answer_entropy(frame["extracted_answer"].tolist())
-        rows.append({**dict(zip(keys, key)), "n": len(frame), "n_answered": answered, "n_distinct": distinct,
-                     "answer_entropy": h})
-    return pd.DataFrame(rows, columns=ENTROPY_COLUMNS)
+    df = samples[keys].assign(_a=[_normalise(a) for a in samples["extracted_answer"]])
+    n = df.groupby(keys, dropna=False, sort=True).size().rename("n")
+    counts = df.dropna(subset=["_a"]).groupby([*keys, "_a"], dropna=False).size().rename("c").reset_index()
+    tot = counts.groupby(keys, dropna=False)["c"].transform("sum")
+    counts["h"] = -(counts["c"] / tot) * np.log(counts["c"] / tot)
+    agg = counts.groupby(keys, dropna=False).agg(n_answered=("c", "sum"), n_distinct=("c", "size"),
+                                                answer_entropy=("h", "sum"))
+    out = pd.concat([n, agg], axis=1).reset_index()
+    out["n_answered"] = out["n_answered"].fillna(0).astype(int)
+    out["n_distinct"] = out["n_distinct"].fillna(0).astype(int)
+    out.loc[out["n_answered"] == 0, "answer_entropy"] = np.nan
+    out["answer_entropy"] = out["answer_entropy"] + 0.0  # -0.0 -> 0.0
+    return out[ENTROPY_COLUMNS]
