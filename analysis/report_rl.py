@@ -19,6 +19,15 @@ def _md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".3f") + "\n"
 
 
+def test_split(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of one benchmark: the first whose name has "test" (the split verdicts score on), else the first."""
+    if "benchmark" not in df.columns or df.empty:
+        return df, ""
+    names = sorted(df["benchmark"].dropna().unique())
+    pick = next((b for b in names if "test" in b), names[0])
+    return df[df["benchmark"] == pick], pick
+
+
 def geometry_section(spectra: pd.DataFrame, folder, save) -> str:
     """Median over modules of the Path-Not-Taken columns per run and step, LoRA and full FT side by side."""
     cols = [c for c in GEOMETRY_PANELS if c in spectra.columns and spectra[c].notna().any()]
@@ -46,6 +55,8 @@ def support_section(support: pd.DataFrame, entropy: pd.DataFrame, folder, save) 
     """Support flows (kept / gained / lost) per run and step, and mean answer entropy over the series."""
     if support.empty:
         return "_No `support` table: run `tina-probe dynamics`._\n"
+    support, bench = test_split(support)
+    entropy = test_split(entropy)[0]
     s = support[(support.grading == "lenient") & (support.metric == "srr")]
     if s.empty:
         s = support[support.metric == "srr"]
@@ -63,7 +74,7 @@ def support_section(support: pd.DataFrame, entropy: pd.DataFrame, folder, save) 
         index=["run", "benchmark", "step", "kept", "gained", "lost", "threshold"], columns="metric",
         values="value").reset_index()
     last = wide.sort_values("step").groupby(["run", "benchmark"]).tail(1)
-    return (f"Grading {s.grading.iloc[0]}; a problem is in support with at least "
+    return (f"Benchmark {bench}, grading {s.grading.iloc[0]}; a problem is in support with at least "
             f"{int(s.min_correct.iloc[0])} correct sample(s) (threshold column = that / n). Rules S1-S4 in "
             f"analysis/support.py.\n\n![support]({name})\n\nEach run's last step:\n\n" + _md(last))
 
@@ -72,11 +83,12 @@ def gpassk_section(gpassk: pd.DataFrame, folder, save) -> str:
     """G-Pass@k_tau at the largest k, per tau, over the series."""
     if gpassk.empty:
         return "_No `gpassk` table: run `tina-probe dynamics`._\n"
+    gpassk, bench = test_split(gpassk)
     g = gpassk[gpassk.grading == "lenient"]
     kmax = int(g["k"].max())
     g = g[g["k"] == kmax]
     grid = sns.relplot(g, x="step", y="value", hue="run", col="tau", col_wrap=3, kind="line", marker="o",
                        height=2.8, facet_kws={"sharey": True})
     name = save(grid.figure, folder, "gpassk.png")
-    return (f"Lenient G-Pass@{kmax}_tau: the chance that at least ceil(tau*k) of {kmax} samples are right "
+    return (f"Benchmark {bench}, lenient G-Pass@{kmax}_tau: the chance that at least ceil(tau*k) of {kmax} samples are right "
             f"(tina_probe/gpassk.py).\n\n![G-Pass@k]({name})\n")

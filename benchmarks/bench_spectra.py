@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.path_not_taken import module_geometry  # noqa: E402
 from analysis.spectra import spectra_for_checkpoint  # noqa: E402
 from tina_probe.runs import Checkpoint  # noqa: E402
 
@@ -81,6 +82,14 @@ def main() -> None:
             worst = max(worst, float(np.max(np.abs(ours - s_dense[: ours.size]) / s_dense[0])))
         dense_layer_s = sum(dense_times)
         dense_ckpt_s = dense_layer_s * LAYERS
+        geo_times = []  # the Path-Not-Taken columns: W_t = W_0 + s*B*A formed, float64 SVDs of W_0 and W_t, masks
+        for module, (A, B) in layer0.items():
+            m, n = SHAPES[module]
+            W0 = rng.standard_normal((m, n), dtype=np.float32) / np.sqrt(n)
+            t0 = time.perf_counter()
+            module_geometry(W0, W0 + (scale * (B @ A)).astype(np.float32))
+            geo_times.append(time.perf_counter() - t0)
+        geo_layer_s = sum(geo_times)
 
     speedup = dense_ckpt_s / lora_s
     print(f"lora_spectra_runs_s  {' '.join(f'{t:.2f}' for t in lora_times)}  (median of {REPEATS} below)")
@@ -90,6 +99,10 @@ def main() -> None:
     print(f"dense_svd_checkpoint_s  {dense_ckpt_s:.1f}  (extrapolated: layer 0 x {LAYERS} layers, not measured)")
     print(f"speedup_vs_dense  {speedup:.0f}x  goal >= {GOAL_SPEEDUP:.0f}x  {'PASS' if speedup >= GOAL_SPEEDUP else 'FAIL'}")
     print(f"max_sigma_diff_vs_dense  {worst:.1e}  (relative to σ1, layer 0; float32 dense vs exact float64 QR path)")
+    print(f"path_not_taken_layer0_s  {geo_layer_s:.2f}  (measured once, 7 modules of layer 0: "
+          + ", ".join(f"{m.split('.')[-1]} {t:.2f}" for m, t in zip(layer0, geo_times)) + ")")
+    print(f"path_not_taken_checkpoint_s  {geo_layer_s * LAYERS:.0f}  (extrapolated x {LAYERS} layers: the new "
+          "columns' cost per checkpoint, on top of the spectra above; they need W_t, so they run with intruders)")
 
 
 if __name__ == "__main__":
