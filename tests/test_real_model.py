@@ -407,14 +407,13 @@ def _solve(question: str) -> int:
 
 
 def test_real_study_plans_evaluate_test_and_held_out_splits(tmp_path):
-    """The real study evaluates each run on real-test (4 samples) and its held-out real-probe (2 samples, in a call of
-    its own), and no GSM8K (its base answers run past 512 tokens: data/real/gsm8k-budget.json); --quick in one call."""
+    """The real study evaluates each run on real-test and its held-out real-probe in one call (one sampling label, so
+    the analyses pair them), and no GSM8K (its base answers run past 512 tokens: data/real/gsm8k-budget.json)."""
     from tina_probe.lab.study import PLANS, eval_calls
 
     dirs = [str(d) for d in (tmp_path / "real-lora", tmp_path / "real-full")]
     real = PLANS["real"]
-    assert eval_calls(real, [Path(d) for d in dirs]) == [(dirs, ["real-probe"], real.eval_limit, 2),
-                                                          (dirs, ["real-test"], real.eval_limit, 4)]
+    assert eval_calls(real, [Path(d) for d in dirs]) == [(dirs, ["real-test", "real-probe"], real.eval_limit, 4)]
     quick = PLANS["real-quick"]
     assert eval_calls(quick, [Path(d) for d in dirs]) == [(dirs, ["real-test", "real-probe"], quick.eval_limit, 2)]
     budget = json.loads((ROOT / "data" / "real" / "gsm8k-budget.json").read_text())

@@ -41,7 +41,6 @@ class StudyPlan:
     spectra_intruders: bool = True  # intruders, drift, sparsity: an SVD of every updated matrix per checkpoint
     geometry_at: str = "all"  # with spectra_intruders off: "last" still gives each run's last checkpoint the
     #                           intruder and Path-Not-Taken columns (an SVD of W_t per matrix), "none" gives none
-    held_out_n: int | None = None  # samples per problem on the held-out split (None: eval_n)
     retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
     held_out: bool = True  # also evaluate each run's held-out split (its benchmark with "probe" for "test"), on
     #                        which `phase`, `dynamics` and `hypothesis` pick the best checkpoint
@@ -58,7 +57,7 @@ FULL = StudyPlan(
 QUICK = StudyPlan(
     recipes=("lab-lora-r8", "lab-full"),
     overrides=("grpo.max_steps=16", "grpo.save_steps=2"),
-    name_suffix="-quick", eval_n=2, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16,
+    name_suffix="-quick", eval_n=2, eval_limit=24, probes=("lab_facts_mc", "kl_general", "kl_task"), probe_limit=16,
 )
 
 # Ground truth for the hypothesis test: the planted organism can only learn the format (verdict "supported"), the
@@ -80,13 +79,13 @@ REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real", "kl_task_real")
 # Sized for 2 cores from costs measured on a quiet machine: one GRPO step (4 prompts x 4 samples x <= 64 tokens) takes
 # ~36 s per run with the two runs side by side (data/real/lr-sweep.json), and the learning rates are the sweep's
 # (`tina-probe lab real-sweep`: LoRA 1e-3, full FT 5e-5, in the recipes). The recipes' 30 steps with a checkpoint
-# every 3 give 11 evaluated points per run (base included). The test split gets 4 samples per problem, the held-out
-# split (which only chooses the best checkpoint) 2. No GSM8K: the base's GSM8K answers still run past 512 tokens in
-# 38% of samples (data/real/gsm8k-budget.json), far beyond what fits per checkpoint here. Spectra skip the SVD of
+# every 3 give 11 evaluated points per run (base included), 16 problems x 4 samples on each split. No GSM8K: the
+# base's GSM8K answers still run past 512 tokens in 38% of samples (data/real/gsm8k-budget.json), far beyond what
+# fits per checkpoint here. Spectra skip the SVD of
 # every W_t except at each run's last checkpoint (intruders and the Path-Not-Taken geometry there).
 REAL = StudyPlan(
     recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=30", "grpo.save_steps=3"),
-    eval_n=4, held_out_n=2, eval_limit=16, probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
+    eval_n=4, eval_limit=16, probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
     spectra_intruders=False, geometry_at="last",
 )
 # --quick: one GRPO step of 2 prompts x 4 samples per run, a few problems, spectra without intruders (which need an
@@ -141,8 +140,8 @@ def eval_benchmarks(recipe: str, plan: StudyPlan) -> tuple[str, ...]:
 
 def eval_calls(plan: StudyPlan, run_dirs: list[Path]) -> list[tuple[list[str], list[str], int | None, int]]:
     """(run folders, benchmarks, problem limit, samples per problem) of each `eval` call: runs with the same
-    benchmarks together; the extra benchmarks in a call of their own when their limit differs, the held-out split
-    when its n differs."""
+    benchmarks together; the extra benchmarks in a call of their own when their limit differs. The held-out split
+    is sampled like the test split: the analyses pair them under one sampling label (n included)."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for recipe, run_dir in zip(plan.recipes, run_dirs):
         groups.setdefault(eval_benchmarks(recipe, plan), []).append(str(run_dir))
@@ -150,10 +149,6 @@ def eval_calls(plan: StudyPlan, run_dirs: list[Path]) -> list[tuple[list[str], l
     for benches, dirs in groups.items():
         extra = [b for b in benches if b in plan.extra_benchmarks]
         own = [b for b in benches if b not in extra]
-        if plan.held_out_n is not None and plan.held_out_n != plan.eval_n:
-            held = [b for b in own if "probe" in b]
-            own = [b for b in own if b not in held]
-            calls.append((dirs, held, plan.eval_limit, plan.held_out_n))
         if plan.extra_limit is None or plan.extra_limit == plan.eval_limit or not extra:
             calls.append((dirs, own + extra, plan.eval_limit, plan.eval_n))
         else:
