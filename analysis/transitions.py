@@ -22,12 +22,15 @@ PHASE_COLUMNS = ["run", "metric", "change_step", "change_step_low", "change_step
 
 def one_sampling(df: pd.DataFrame, run: str) -> pd.DataFrame:
     """A run's rows under one sampling setting (eval's `sampling` label), so that settings never pool: the label
-    that covers the most steps, ties to the first in sort order; a warning names it when there is a choice."""
+    that covers the most steps, then one that holds a test split (the claims score on it), then the first in sort
+    order; a warning names it when there is a choice."""
     df = df[df["run"] == run]
     if "sampling" not in df.columns or df["sampling"].nunique(dropna=False) <= 1:
         return df
     cover = df.groupby("sampling")["step"].nunique()
-    label = sorted(cover[cover == cover.max()].index)[0]
+    has_test = df.groupby("sampling")["benchmark"].agg(lambda b: any("test" in str(x) for x in b)) \
+        if "benchmark" in df.columns else cover * 0
+    label = sorted(cover.index, key=lambda lab: (-cover[lab], not has_test[lab], str(lab)))[0]
     log.warning("run %s: %d sampling settings evaluated; using %r", run, len(cover), label)
     return df[df["sampling"] == label]
 

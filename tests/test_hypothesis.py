@@ -302,3 +302,14 @@ def test_task_kl_is_shown_not_tested_and_a_formatted_base_has_no_room_to_rise():
     full = _series(lambda s: np.full(len(s), 0.999), lambda s: np.where(s < 100, 0.3, 0.6))
     r = format_first_claim("r", pd.DataFrame(columns=list(_phase("x", 0, 0, 0, 0))), ch, "b", full, 300)
     assert r.verdict == "not supported" and "the base already formats" in r.detail
+
+
+def test_one_sampling_prefers_the_label_that_holds_the_test_split():
+    """A held-out split sampled with another n has its own label; the claims must read the test split's."""
+    import pandas as pd
+
+    from analysis.transitions import one_sampling
+
+    df = pd.DataFrame({"run": "r", "step": [0, 3, 0, 3], "benchmark": ["x-probe", "x-probe", "x-test", "x-test"],
+                       "sampling": ["n=2 T=1", "n=2 T=1", "n=4 T=1", "n=4 T=1"]})
+    assert set(one_sampling(df, "r")["benchmark"]) == {"x-test"}
