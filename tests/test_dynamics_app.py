@@ -53,10 +53,11 @@ def test_page_draws_every_section(monkeypatch, store):
     assert_clean(at)
     assert texts(at.title) == ["Series dynamics"]
     shown = captions(at)
-    assert len(shown) == 4, shown  # heatmap, crossover, maj@k, training dynamics
+    assert len(shown) == 6, shown  # heatmap, crossover, maj@k, support, G-Pass@k, training dynamics
     assert any("per problem and step" in c for c in shown) and any("k* dashed" in c for c in shown)
     assert any("maj@k" in c for c in shown) and any("training dynamics" in c for c in shown)
-    assert sum(b.label == "Download PNG" for b in at.download_button) == 4
+    assert any("support vs the base" in c for c in shown) and any("G-Pass@" in c for c in shown)
+    assert sum(b.label == "Download PNG" for b in at.download_button) == 6
     assert sum(b.label == "Download CSV" for b in at.download_button) == len(at.dataframe)
     # the crossover line shows the stored k* of the chosen run, step and grading
     cross = pd.read_parquet(store / "crossover.parquet")

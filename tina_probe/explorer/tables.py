@@ -26,6 +26,8 @@ FILLS = {  # table -> the command that writes it
     "hypothesis": HYPOTHESIS, "gain_decomposition": HYPOTHESIS,
     "runs": EVAL, "training_log": PHASE,
     "problem_dynamics": DYNAMICS, "crossover": DYNAMICS, "maj": DYNAMICS, "selection": DYNAMICS,
+    "support": DYNAMICS, "answer_entropy": DYNAMICS, "gpassk": DYNAMICS, "razor": DYNAMICS,
+    "update_overlap": "tina-probe spectra --ckpts runs/*",
     "report": "tina-probe report",
 }
 
@@ -48,6 +50,12 @@ REQUIRED = {  # table -> the columns the explorer reads
     "maj": ["run", "step", "benchmark", "grading", "k", "value", "ci_low", "ci_high"],
     "selection": ["run", "benchmark", "selected_on", "selected_step", "value_at_selected", "max_value",
                   "max_step", "optimism"],
+    "support": ["run", "benchmark", "grading", "step", "metric", "value", "ci_low", "ci_high", "kept", "gained",
+                "lost", "out", "threshold", "min_correct"],
+    "answer_entropy": ["run", "step", "problem_id", "answer_entropy"],
+    "gpassk": ["run", "step", "benchmark", "grading", "k", "tau", "value", "ci_low", "ci_high"],
+    "razor": ["scope", "probe", "metric", "predictor", "value"],
+    "update_overlap": ["run_a", "run_b", "module_path", "jaccard", "baseline"],
 }
 
 

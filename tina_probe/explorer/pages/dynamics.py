@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from tina_probe.explorer import dynamics_view as dv
-from tina_probe.explorer import summaries, tables, ui
+from tina_probe.explorer import rl_views, summaries, tables, ui
 
 
 def _fmt(x) -> str:
@@ -131,6 +131,8 @@ def main() -> None:
     if step is not None:
         crossover_section(run, step, grading, passk, cross)
         maj_section(run, step, grading, passk, maj)
+    rl_views.support_section(run, grading)
+    rl_views.gpassk_section(run, grading)
     training_section(run)
     selection_section()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tina_probe.explorer import summaries, ui
+from tina_probe.explorer import rl_views, summaries, ui
 
 
 def probe_label(row) -> str:
@@ -28,6 +28,12 @@ def main() -> None:
     ret = ui.load("retention", scoped=False)
     if not ui.need(ret, what="the retention page"):
         return
+    _probes_and_learning(ret)  # returns early where a part has no data; the razor section follows either way
+    rl_views.razor_section()
+
+
+def _probes_and_learning(ret) -> None:
+    """Each probe per checkpoint, then learning vs forgetting."""
     df = ret.df.assign(label=lambda d: d.apply(probe_label, axis=1))
     labels = sorted(df["label"].unique())
     kinds = summaries.run_kinds(df)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tina_probe.explorer import summaries, ui
+from tina_probe.explorer import rl_views, summaries, ui
 
 PREFERRED = ("effective_rank", "stable_rank", "energy_rank90", "intruders", "fro_norm")
 
@@ -62,6 +62,8 @@ def main() -> None:
     else:
         cmp_title = f"{metric} over layers and modules, per run (step {step} or each run's last)"
         ui.show_figure(f"runs_compared_{metric}_{step}", cmp_title, "runs_box", both, metric, cmp_title)
+
+    rl_views.geometry_section(df)
 
 
 main()
