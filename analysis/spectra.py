@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TABLE = "spectra"
 INTRUDER_K = 10
+PART_VERSION = "columns-2"  # in every part key: parts written before the Path-Not-Taken columns are analysed again
 DEFAULT_PAIR_RANK = 8
 PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -578,8 +579,7 @@ def _part_key(ckpt, prev, settings: tuple) -> str:
     adapter's base's), the previous checkpoint's files (subspace_sim_prev) and the analysis settings; a checkpoint
     saved again, or another --top, is analysed again (and its new part outranks the old one: newest_last)."""
     files = (*checkpoint_identity(ckpt), None if prev is None else (str(prev.path), checkpoint_identity(prev)[0]))
-    # "columns-2": the Path-Not-Taken columns; parts written before them are analysed again
-    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', 'columns-2', str(ckpt.path), files, *settings)}"
+    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', PART_VERSION, str(ckpt.path), files, *settings)}"
 
 
 def _subspace_file(cache_dir: Path, ckpt) -> Path:

@@ -20,7 +20,7 @@ SETTINGS = (64, "dense", True, 8)
 def _old_spectra_key(ckpt, prev, settings):
     files = (weights_identity(ckpt.path), weights_identity(ckpt.base) if ckpt.kind == "lora" else None,
              None if prev is None else (str(prev.path), weights_identity(prev.path)))
-    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', str(ckpt.path), files, *settings)}"
+    return f"{ckpt.run}@{int(ckpt.step)}.{stable_key('spectra', spectra.PART_VERSION, str(ckpt.path), files, *settings)}"
 
 
 def _old_retention_key(ck, probe, limit, settings):
