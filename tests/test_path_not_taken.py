@@ -134,3 +134,15 @@ def test_update_overlap_of_two_runs_with_planted_masks(tmp_path):
     lora_mask = changed_mask(W0 + (B @ A).astype(np.float32), W0)
     assert la.jaccard == pytest.approx(jaccard(mask_a, lora_mask), rel=1e-6)
     assert len(t[t.module_path == "overall"]) == 3  # every pair of the three runs
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (30, 40)])
+def test_spectrum_and_top_equal_a_dense_svd(shape):
+    """The Gram-based spectrum and top vectors equal LAPACK's SVD (spans compared: signs are free)."""
+    from analysis.path_not_taken import spectrum_and_top
+
+    W = np.random.default_rng(1).normal(size=shape)
+    s, U, V = spectrum_and_top(W, 5)
+    U_ref, s_ref, Vt_ref = np.linalg.svd(W, full_matrices=False)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-8, atol=1e-10)
+    assert max_rotation_deg(U, U_ref[:, :5]) < 1e-5 and max_rotation_deg(V, Vt_ref[:5].T) < 1e-5
