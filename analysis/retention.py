@@ -62,6 +62,8 @@ class MetricValue:
     value: float
     stderr: float = float("nan")
     items: tuple[float, ...] = ()  # per-item scores in document order (lm-eval probes): paired tests use them
+    ci_low: float = float("nan")  # 95% percentile bootstrap over problems (the task KL of RL's Razor)
+    ci_high: float = float("nan")
 
 
 # ----------------------------------------------------------------------------- models
@@ -452,8 +454,10 @@ def completion_mask(prompt_lens: list[int], total_lens: list[int], width: int) -
 
 
 @torch.inference_mode()
-def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: RetentionSettings) -> TokenMean:
-    """KL(ckpt || base) per completion token on completions the checkpoint samples for the task's prompts."""
+def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: RetentionSettings
+            ) -> tuple[TokenMean, list[float], list[float]]:
+    """KL(ckpt || base) per completion token on completions the checkpoint samples for the task's prompts, with the
+    per-completion KL sums and token counts (for a bootstrap over problems)."""
     from transformers import GenerationConfig
 
     tok = models.tokenizer
@@ -503,7 +507,7 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
             s, n = masked_sums(token_kl(lp, lb, cmask[part]), cmask[part])
             sums.extend(s)
             counts.extend(n)
-    return token_mean(sums, counts)
+    return token_mean(sums, counts), sums, counts
 
 
 # ----------------------------------------------------------------------------- one probe on one checkpoint
@@ -526,8 +530,12 @@ def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings:
         ppl, ppl_se = perplexity(stats["nll"])
         return [MetricValue("ppl", ppl, ppl_se), MetricValue("nll", stats["nll"].value, stats["nll"].stderr)]
     if probe.family == "kl_task":
-        kl = task_kl(models, probe.data, limit=limit, settings=settings)
-        return [MetricValue("kl", kl.value, kl.stderr)]
+        from tina_probe.passk import ratio_ci
+
+        kl, sums, counts = task_kl(models, probe.data, limit=limit, settings=settings)
+        # resampling unit: one completion, which is one problem with the default task_samples = 1
+        _, lo, hi = ratio_ci(sums, counts, n_boot=1000, seed=settings.seed) if sums else (float("nan"),) * 3
+        return [MetricValue("kl", kl.value, kl.stderr, ci_low=lo, ci_high=hi)]
     raise TinaError(f"{probe.name}: unknown probe family {probe.family!r}")
 
 
@@ -545,8 +553,9 @@ def _rows(cks: list[Checkpoint], probe: str, values: list[MetricValue]) -> pd.Da
     """Table rows of one unit: every checkpoint that shares the path (a base shared by runs) gets them."""
     rows = [{"run": ck.run, "step": int(ck.step), "kind": ck.kind, "probe": probe, "metric": v.metric,
              "value": float(v.value), "stderr": float(v.stderr), "path": str(ck.path),
-             "items": [float(x) for x in v.items]} for ck in cks for v in values]
-    return pd.DataFrame(rows, columns=COLUMNS + ["path", "items"])
+             "items": [float(x) for x in v.items], "ci_low": float(v.ci_low), "ci_high": float(v.ci_high)}
+            for ck in cks for v in values]
+    return pd.DataFrame(rows, columns=COLUMNS + ["path", "items", "ci_low", "ci_high"])
 
 
 def _plan(runs) -> list[tuple[str, list[list[Checkpoint]]]]:

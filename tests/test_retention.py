@@ -353,6 +353,8 @@ def test_damaged_checkpoints_show_planted_forgetting(retention):
         for probe in ("kl_general", "kl_task"):
             kl = _value(df, run, step, probe, "kl")
             assert kl > 1e-2 and kl > 1000 * max(undamaged[probe], 1e-9), (run, probe, kl)
+        row = df[(df.run == run) & (df.step == step) & (df.probe == "kl_task")].iloc[0]
+        assert row.ci_low <= row.value <= row.ci_high and row.ci_low > 0, row  # bootstrap over problems
     stderr = df[(df.probe == "kl_general") & (df.step > 0)]["stderr"]
     assert stderr.notna().all() and (stderr >= 0).all()
 
