@@ -633,17 +633,19 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
             prev, prev_ckpt = None, None
             ordered = sorted(ckpts, key=lambda c: int(c.step))
             for before, ck in zip([None, *ordered], ordered):
-                bar.update(1)
+                bar.set_postfix_str(f"{ck.run}@{int(ck.step)}")
                 key = _part_key(ck, before, (top, method, intruders, pair_rank))
                 if store.has_part(TABLE, key):
                     store.touch_part(TABLE, key)  # asked for now: its rows win over an older part of this step
                     prev, prev_ckpt = None, ck
+                    bar.update(1)
                     continue
                 try:
                     result = checkpoint_spectra(ck, cache_dir=cache_dir, top=top, intruders=intruders,
                                                 method=method, pair_rank=pair_rank)
                 except TinaError as exc:
                     log.warning("spectra: skipped run %s step %s: %s", ck.run, ck.step, exc)
+                    bar.update(1)
                     continue
                 if prev is None and prev_ckpt is not None:  # resumed: the previous checkpoint was done before
                     prev = _previous_subspaces(prev_ckpt, cache_dir=cache_dir, top=top, method=method,
@@ -654,6 +656,7 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
                     _subspace_file(cache_dir, prev_ckpt).unlink(missing_ok=True)
                 store.write_part(TABLE, key, frame)
                 prev, prev_ckpt = result.subspaces, ck
+                bar.update(1)  # after the work: the bar counts checkpoints done, not started
     df = store.consolidate(TABLE, key_cols=["run", "step", "layer", "module", "module_path"], newest_last=True)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
