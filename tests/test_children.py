@@ -33,6 +33,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _wait_pid(pid_file: Path) -> int:
+    """The pid a child wrote to pid_file, once it has written it."""
+    deadline = time.time() + 30
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    return int(pid_file.read_text())
+
+
 def test_app_sent_sigterm_ends_its_streamlit_server(tmp_path):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tina_probe.cli", "app", "--out", str(tmp_path), "--port",
@@ -61,11 +70,7 @@ def test_run_forwarding_passes_sigterm_to_the_child(tmp_path):
     code = ("import sys\nfrom tina_probe.children import run_forwarding\n"
             f"sys.exit(run_forwarding([sys.executable, {str(sleeper)!r}]))\n")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    deadline = time.time() + 30
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)
-    child = int(pid_file.read_text())
+    child = _wait_pid(pid_file)
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=30) != 0
     deadline = time.time() + 10
@@ -88,11 +93,7 @@ def test_sigterm_as_exit_runs_finally_blocks_that_stop_children(tmp_path):
         "    finally:\n"
         "        stop(p)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    deadline = time.time() + 30
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)
-    child = int(pid_file.read_text())
+    child = _wait_pid(pid_file)
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     assert not _alive(child)

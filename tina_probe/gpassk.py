@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tina_probe.passk import CORRECT_COLS, GROUP_COLS, _check_columns, _groups, _per_problem, ks_for, ratio_ci
+from tina_probe.passk import CORRECT_COLS, GROUP_COLS, per_k_counts, ratio_ci
 
 TAUS = (0.5, 0.75, 1.0)
 GPASSK_COLUMNS = [*GROUP_COLS, "grading", "k", "tau", "n", "value", "ci_low", "ci_high", "n_problems"]
@@ -37,20 +37,12 @@ def gpassk_table(samples: pd.DataFrame, group_cols: Sequence[str] = (*GROUP_COLS
     """Mean G-Pass@k_tau over problems per group, grading, k (as passk: powers of two up to n, and n) and tau,
     with percentile bootstrap CIs over problems; problems with fewer than k samples are left out of that k."""
     group_cols = [c for c in group_cols if c in samples.columns]
-    _check_columns(samples, group_cols + ["problem_id", *correct_cols.values()])
-    flags = samples.assign(**{col: samples[col].astype(bool) for col in correct_cols.values()})
     rows = []
-    for key, frame in _groups(flags, group_cols):
-        problems = _per_problem(frame, list(correct_cols.values()))
-        ns = problems["n"].to_numpy()
-        for grading, col in correct_cols.items():
-            cs = problems[col].to_numpy()
-            for k in ks_for(int(ns.max())):
-                use = ns >= k
-                for tau in taus:
-                    values = stats.hypergeom.sf(needed_correct(k, tau) - 1, ns[use], cs[use], k).astype(float)
-                    value, lo, hi = ratio_ci(values, np.ones_like(values), n_boot=n_boot, seed=seed, alpha=alpha)
-                    rows.append({**key, "grading": grading, "k": k, "tau": tau, "n": int(ns[use].min()),
-                                 "value": value, "ci_low": lo, "ci_high": hi, "n_problems": int(use.sum())})
+    for key, grading, k, ns, cs in per_k_counts(samples, group_cols, correct_cols):
+        for tau in taus:
+            values = stats.hypergeom.sf(needed_correct(k, tau) - 1, ns, cs, k).astype(float)
+            value, lo, hi = ratio_ci(values, np.ones_like(values), n_boot=n_boot, seed=seed, alpha=alpha)
+            rows.append({**key, "grading": grading, "k": k, "tau": tau, "n": int(ns.min()), "value": value,
+                         "ci_low": lo, "ci_high": hi, "n_problems": len(ns)})
     columns = group_cols + [c for c in GPASSK_COLUMNS if c not in GROUP_COLS]
     return pd.DataFrame(rows, columns=columns)

@@ -114,6 +114,22 @@ def _per_problem(frame: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
     return out
 
 
+def per_k_counts(samples: pd.DataFrame, group_cols: Sequence[str], correct_cols: Mapping[str, str]):
+    """(group key, grading, k, n per problem, correct per problem) for every group, grading and k in ks_for(max n),
+    keeping only the problems with at least k samples: the loop the pass@k-like tables share."""
+    group_cols = list(group_cols)
+    _check_columns(samples, group_cols + ["problem_id", *correct_cols.values()])
+    flags = samples.assign(**{col: samples[col].astype(bool) for col in correct_cols.values()})
+    for key, frame in _groups(flags, group_cols):
+        problems = _per_problem(frame, list(correct_cols.values()))
+        ns = problems["n"].to_numpy()
+        for grading, col in correct_cols.items():
+            cs = problems[col].to_numpy()
+            for k in ks_for(int(ns.max())):
+                use = ns >= k
+                yield key, grading, k, ns[use], cs[use]
+
+
 def passk_table(
     samples: pd.DataFrame,
     group_cols: Sequence[str] = GROUP_COLS,
@@ -128,20 +144,12 @@ def passk_table(
     among the problems used, and n_problems how many were used.
     """
     group_cols = list(group_cols)
-    _check_columns(samples, group_cols + ["problem_id", *correct_cols.values()])
-    flags = samples.assign(**{col: samples[col].astype(bool) for col in correct_cols.values()})
     rows = []
-    for key, frame in _groups(flags, group_cols):
-        problems = _per_problem(frame, list(correct_cols.values()))
-        ns = problems["n"].to_numpy()
-        for grading, col in correct_cols.items():
-            cs = problems[col].to_numpy()
-            for k in ks_for(int(ns.max())):
-                use = ns >= k
-                values = np.array([pass_at_k(int(n), int(c), k) for n, c in zip(ns[use], cs[use])])
-                value, lo, hi = ratio_ci(values, np.ones_like(values), n_boot=n_boot, seed=seed, alpha=alpha)
-                rows.append({**key, "grading": grading, "k": k, "n": int(ns[use].min()),
-                             "value": value, "ci_low": lo, "ci_high": hi, "n_problems": int(use.sum())})
+    for key, grading, k, ns, cs in per_k_counts(samples, group_cols, correct_cols):
+        values = np.array([pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs)])
+        value, lo, hi = ratio_ci(values, np.ones_like(values), n_boot=n_boot, seed=seed, alpha=alpha)
+        rows.append({**key, "grading": grading, "k": k, "n": int(ns.min()),
+                     "value": value, "ci_low": lo, "ci_high": hi, "n_problems": len(ns)})
     columns = group_cols + ["grading", "k", "n", "value", "ci_low", "ci_high", "n_problems"]
     return pd.DataFrame(rows, columns=columns)
 
