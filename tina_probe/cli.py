@@ -329,7 +329,8 @@ def lab_real_sweep(lora: str = typer.Option("5e-4,1e-3,2e-3", "--lora", help="Lo
                                                       "results/real-sweep/lr-sweep.json]"),
                    runs: Optional[Path] = typer.Option(None, "--runs", help="[default: runs/real-sweep/]")):
     """Learning rates for the real study by measurement: each arm trained STEPS steps per rate, two runs side by
-    side; per arm the rate with the highest late total training reward is chosen (rule: tina_probe/lab/lr_sweep.py)."""
+    side; per arm, among the rates under which no rewarded part falls, the one with the highest late total training
+    reward is chosen (rule: tina_probe/lab/lr_sweep.py)."""
     from tina_probe.lab.lr_sweep import run_sweep
 
     def rates(text: str, flag: str) -> tuple[float, ...]:

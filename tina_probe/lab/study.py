@@ -39,8 +39,8 @@ class StudyPlan:
     probe_limit: int | None = 64
     spectra: bool = True
     spectra_intruders: bool = True  # intruders, drift, sparsity: an SVD of every updated matrix per checkpoint
-    geometry_at: str = "all"  # with spectra_intruders off: "last" still gives each run's last checkpoint the
-    #                           intruder and Path-Not-Taken columns (an SVD of W_t per matrix), "none" gives none
+    geometry_at: str = "none"  # with spectra_intruders off: "last" still gives each run's last checkpoint the
+    #                            intruder and Path-Not-Taken columns (an SVD of W_t per matrix)
     retention_at: str = "all"  # "all" checkpoints, or only each run's "best" (strict pass@1) and its base
     held_out: bool = True  # also evaluate each run's held-out split (its benchmark with "probe" for "test"), on
     #                        which `phase`, `dynamics` and `hypothesis` pick the best checkpoint
@@ -81,8 +81,8 @@ REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real", "kl_task_real")
 # (`tina-probe lab real-sweep`: LoRA 1e-3, full FT 5e-5, in the recipes). The recipes' 30 steps with a checkpoint
 # every 3 give 11 evaluated points per run (base included), 16 problems x 4 samples on each split. No GSM8K: the
 # base's GSM8K answers still run past 512 tokens in 38% of samples (data/real/gsm8k-budget.json), far beyond what
-# fits per checkpoint here. Spectra skip the SVD of
-# every W_t except at each run's last checkpoint (intruders and the Path-Not-Taken geometry there).
+# fits per checkpoint here. Spectra skip the SVD of every W_t except at each run's last checkpoint (intruders and
+# the Path-Not-Taken geometry there).
 REAL = StudyPlan(
     recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=30", "grpo.save_steps=3"),
     eval_n=4, eval_limit=16, probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
