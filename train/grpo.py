@@ -107,8 +107,30 @@ def load_prompts(recipe: Recipe, source: str):
     return ds, data_hash
 
 
-def grpo_config(recipe: Recipe, output_dir: Path):
-    """Translate the recipe into a TRL GRPOConfig (extra keys must be real GRPOConfig fields)."""
+def launched_processes() -> int:
+    """How many training processes the launcher started: WORLD_SIZE (torchrun, `accelerate launch --multi_gpu`,
+    DeepSpeed) or the MPI sizes (`accelerate launch --cpu --mpirun_hostfile`); 1 when not launched.
+
+    `accelerate launch --cpu --num_processes N` without mpirun starts ONE process (accelerate's simple launcher);
+    it leaves MASTER_ADDR set and no world size. That is refused here rather than silently training alone."""
+    from accelerate.utils import get_int_from_env, parse_flag_from_env
+
+    n = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if n == 1 and parse_flag_from_env("ACCELERATE_USE_CPU") and "MASTER_ADDR" in os.environ \
+            and "RANK" not in os.environ:
+        raise TinaError("`accelerate launch --cpu --num_processes N` started one process (without mpirun accelerate "
+                        "runs a single CPU process); for N CPU processes use `accelerate launch --multi_gpu "
+                        "--num_processes N` (torchrun; training then uses gloo on the CPU), for one use "
+                        "`tina-probe train`")
+    return n
+
+
+def grpo_config(recipe: Recipe, output_dir: Path, num_processes: int | None = None):
+    """Translate the recipe into a TRL GRPOConfig (extra keys must be real GRPOConfig fields).
+
+    `prompts_per_step` x `num_generations` is the GLOBAL batch of one micro-step, whatever the process count:
+    each of the `num_processes` processes (default: as launched) gets 1/num_processes of it, so a run means the
+    same on 1 process or on 8 (TRL's `per_device_train_batch_size` is per process)."""
     from trl import GRPOConfig
 
     g = recipe.grpo
@@ -116,9 +138,15 @@ def grpo_config(recipe: Recipe, output_dir: Path):
     unknown = sorted(set(g.extra) - fields)
     if unknown:
         raise TinaError(f"recipe {recipe.name}: unknown GRPOConfig field(s) in grpo.extra: {', '.join(unknown)}")
+    n = launched_processes() if num_processes is None else num_processes
+    per_step = g.prompts_per_step * g.num_generations
+    if per_step % n:
+        raise TinaError(f"recipe {recipe.name}: grpo.prompts_per_step x grpo.num_generations = {per_step} "
+                        f"completions per step cannot be split evenly over {n} processes; choose a process count "
+                        f"that divides {per_step}")
     kwargs = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        per_device_train_batch_size=per_step // n,
         gradient_accumulation_steps=g.gradient_accumulation_steps,
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
@@ -155,10 +183,24 @@ def grpo_config(recipe: Recipe, output_dir: Path):
     kwargs.update(g.extra)
     if not g.bf16 and "fp16" not in g.extra:
         kwargs["fp16"] = False
+    if n > 1 and "use_cpu" not in g.extra:
+        import torch
+
+        if not torch.accelerator.is_available():  # else transformers sees no backend and each process trains alone
+            kwargs["use_cpu"] = True
     try:
-        return GRPOConfig(**kwargs)
+        config = GRPOConfig(**kwargs)
     except (ValueError, TypeError) as e:
         raise TinaError(f"recipe {recipe.name}: TRL refused the settings: {str(e).splitlines()[0]}") from None
+    if num_processes is None and config.world_size != n:
+        raise TinaError(f"recipe {recipe.name}: the launcher started {n} processes but training would run on "
+                        f"{config.world_size}")
+    return config
+
+
+def completions_per_step(config) -> int:
+    """Completions of one optimizer step, all processes together (TRL: per_device x processes x accumulation)."""
+    return config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
 
 
 def lora_config(recipe: Recipe):
@@ -194,6 +236,23 @@ def write_manifest(run_dir: Path, recipe: Recipe, base: str, base_hash: str | No
     return path
 
 
+def _counting_trainer():
+    """GRPOTrainer that also logs `completions/count`: the completions of each generation, summed over all
+    processes (the global batch as it ran, so a log shows it is the same on 1 process or on N)."""
+    import torch
+    from trl import GRPOTrainer
+
+    class CountingGRPOTrainer(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            mode = "train" if self.model.training else "eval"
+            local = torch.tensor([out["completion_ids"].size(0)], device=self.accelerator.device)
+            self._metrics[mode]["completions/count"].append(float(self.accelerator.gather(local).sum().item()))
+            return out
+
+    return CountingGRPOTrainer
+
+
 def _quiet_trl(use_vllm: bool) -> None:
     """TRL imports vLLM whenever it is installed (~10 s on 2 cores) and warns about its version; a run that
     does not generate with vLLM skips both. Must run before `trl.GRPOTrainer` is first imported."""
@@ -209,7 +268,6 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     _quiet_trl(recipe.grpo.use_vllm)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOTrainer
 
     from tina_probe.rewards import get_reward_funcs
 
@@ -217,10 +275,10 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     reward_funcs = get_reward_funcs(list(recipe.rewards), **recipe.reward_options)
     dataset, data_hash = load_prompts(recipe, source)
     run_dir = Path(runs_root) / recipe.name
+    config = grpo_config(recipe, run_dir)  # refuses a batch that cannot be split over the processes
     run_dir.mkdir(parents=True, exist_ok=True)
     if recipe.grpo.torch_threads:
         torch.set_num_threads(recipe.grpo.torch_threads)
-    config = grpo_config(recipe, run_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
         dtype = torch.bfloat16 if recipe.grpo.bf16 else torch.float32
@@ -231,17 +289,21 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    write_manifest(run_dir, recipe, base, base_hash, data_hash, "running")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=lora_config(recipe),
-                          callbacks=callbacks)
+    main = config.process_index == 0  # with several processes only the first writes (TRL saves checkpoints there)
+    batch = {"processes": config.world_size, "per_device_train_batch_size": config.per_device_train_batch_size,
+             "completions_per_step": completions_per_step(config)}
+    if main:
+        write_manifest(run_dir, recipe, base, base_hash, data_hash, "running", batch)
+    trainer = _counting_trainer()(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
+                                  processing_class=tokenizer, peft_config=lora_config(recipe), callbacks=callbacks)
     start = time.time()
     status = "interrupted"
     try:
         trainer.train()
         status = "complete"
     finally:
-        write_manifest(run_dir, recipe, base, base_hash, data_hash, status,
-                       {"train_seconds": round(time.time() - start, 1), "global_step": trainer.state.global_step,
-                        "pid": os.getpid()})
+        if main:
+            write_manifest(run_dir, recipe, base, base_hash, data_hash, status,
+                           batch | {"train_seconds": round(time.time() - start, 1),
+                                    "global_step": trainer.state.global_step, "pid": os.getpid()})
     return run_dir

@@ -36,7 +36,14 @@ class DatasetSpec:
 
 @dataclass
 class GRPOSpec:
-    """GRPO settings; every value the recipe relies on is explicit (TRL 1.16 defaults differ from TRL 0.15)."""
+    """GRPO settings; every value the recipe relies on is explicit (TRL 1.16 defaults differ from TRL 0.15).
+
+    The batch is GLOBAL: `prompts_per_step` x `num_generations` completions per micro-step on all processes
+    together; with N processes (accelerate/torchrun) each gets 1/N of them (TRL's per_device_train_batch_size), and
+    N must divide the product. TRL generates once per `gradient_accumulation_steps` micro-steps (its
+    steps_per_generation), so an optimizer step sees prompts_per_step x num_generations x
+    gradient_accumulation_steps completions, on 1 process or on N. A prompt's group may span processes: rewards
+    are gathered before the group's advantages are computed."""
 
     num_generations: int = 8
     prompts_per_step: int = 8
