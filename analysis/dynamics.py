@@ -31,7 +31,7 @@ from tina_probe.errors import TinaError
 from tina_probe.gpassk import GPASSK_COLUMNS, gpassk_table
 from tina_probe.majority import MAJ_COLUMNS, maj_table
 from tina_probe.passk import CORRECT_COLS, passk_table
-from tina_probe.store import Store
+from tina_probe.store import Store, read_parquet_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def read_samples(store: Store) -> pd.DataFrame:
         raise TinaError(f"{path}: no samples table (run `tina-probe eval --ckpts runs/*`)")
     try:
         have = set(pq.read_schema(path).names)
-        df = pd.read_parquet(path, columns=[c for c in SAMPLE_COLUMNS if c in have])
+        df = read_parquet_file(path, columns=[c for c in SAMPLE_COLUMNS if c in have])
     except Exception as exc:  # pyarrow raises several types for a torn or foreign file
         raise TinaError(f"{path}: unreadable parquet ({type(exc).__name__})") from None
     missing = [c for c in NEEDED if c not in df.columns]
@@ -108,7 +108,7 @@ def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int =
         from analysis.razor import razor_table
 
         path = store.table_path("spectra")
-        spectra = pd.read_parquet(path, columns=["run", "step", "rel_norm"]) if path.is_file() else None
+        spectra = read_parquet_file(path, columns=["run", "step", "rel_norm"]) if path.is_file() else None
         tables["razor"] = razor_table(retention, spectra, n_boot=n_boot, seed=seed)
     for name, df in tables.items():
         store.write(name, df.reset_index(drop=True))

@@ -24,6 +24,7 @@ from analysis.retention_probes import Probe, read_prompts, resolve_probes
 from tina_probe.errors import TinaError
 from tina_probe.generate.hf import adapter_name, batch_seed, split_completion
 from tina_probe.runs import Checkpoint, checkpoint_identity, discover_runs
+from tina_probe.shards import round_robin
 from tina_probe.slow_paths import slow_paths
 from tina_probe.store import Store, stable_key
 
@@ -558,8 +559,9 @@ def _rows(cks: list[Checkpoint], probe: str, values: list[MetricValue]) -> pd.Da
     return pd.DataFrame(rows, columns=COLUMNS + ["path", "items", "ci_low", "ci_high"])
 
 
-def _plan(runs) -> list[tuple[str, list[list[Checkpoint]]]]:
-    """Per base model: groups of checkpoints sharing one path, base first, then LoRA adapters, then full ones."""
+def _plan(runs, shard: tuple[int, int] | None = None) -> list[tuple[str, list[list[Checkpoint]]]]:
+    """Per base model: groups of checkpoints sharing one path, base first, then LoRA adapters, then full ones;
+    with a shard (i, N), only the groups dealt to it round robin over the whole plan (tina_probe/shards.py S2)."""
     order = {"base": 0, "lora": 1, "full": 2}
     by_base: dict[str, dict[tuple[str, str], list[Checkpoint]]] = {}
     for run in runs:
@@ -570,7 +572,10 @@ def _plan(runs) -> list[tuple[str, list[list[Checkpoint]]]]:
     for base, groups in by_base.items():
         ordered = sorted(groups.values(), key=lambda g: (order.get(g[0].kind, 3), g[0].run, g[0].step))
         plan.append((base, ordered))
-    return plan
+    if shard is None:
+        return plan
+    mine = {id(g) for g in round_robin([g for _, groups in plan for g in groups], shard)}
+    return [(base, kept) for base, groups in plan if (kept := [g for g in groups if id(g) in mine])]
 
 
 def _as_items(value) -> tuple[float, ...]:
@@ -595,11 +600,13 @@ def _resumed(store: Store, key: str, cks: list[Checkpoint], probe: str) -> bool:
 
 
 def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: Path = Path("results"),
-                  limit: int | None = None, *, settings: RetentionSettings | None = None) -> pd.DataFrame:
+                  limit: int | None = None, *, settings: RetentionSettings | None = None,
+                  shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Every probe on every checkpoint of the given runs (the base as step 0) -> <out>/retention.parquet.
 
     Resumable per (checkpoint path, probe); probes are checked (names, task files, data, hub) before any
-    model loads. `limit`: first N documents / windows / prompts of each probe. Returns the whole table."""
+    model loads. `limit`: first N documents / windows / prompts of each probe. `shard` (i, N): this process probes
+    only its share of the checkpoints (_plan); the table is consolidated from every part present. Returns it."""
     settings = settings or RetentionSettings()
     if limit is not None and int(limit) < 1:
         raise TinaError(f"--limit {limit}: must be at least 1")
@@ -607,7 +614,7 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
     runs = discover_runs([str(p) for p in ckpt_paths])
     with tempfile.TemporaryDirectory(prefix="tina-retention-") as workdir:
         checked = resolve_probes(probes, Path(workdir))
-        plan = _plan(runs)
+        plan = _plan(runs, shard)
         total = sum(len(groups) for _, groups in plan) * len(checked)
         models = ProbeModels(settings.device)
         with tqdm(total=total, desc="retention", unit="probe") as bar:
@@ -638,5 +645,6 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
                         bar.update(1)
         models.close()
     # the parts asked for last win: another --limit or settings replaces the rows of the same checkpoint and probe
-    df = store.consolidate(TABLE, key_cols=KEY_COLS, newest_last=True)
+    # sorted by its keys: shards and one process write the same table, whatever order the parts came in
+    df = store.consolidate(TABLE, key_cols=KEY_COLS, sort_by=KEY_COLS, newest_last=True)
     return df if not df.empty else pd.DataFrame(columns=COLUMNS)

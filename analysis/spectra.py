@@ -21,6 +21,7 @@ from analysis import spectra_math as sm
 from analysis.path_not_taken import GEOMETRY_COLUMNS, module_geometry
 from tina_probe.errors import TinaError
 from tina_probe.runs import checkpoint_identity
+from tina_probe.shards import block
 from tina_probe.store import Store, atomic_write_bytes, stable_key
 
 log = logging.getLogger(__name__)
@@ -261,13 +262,15 @@ class BaseSVDCache:
             except (OSError, ValueError, KeyError):
                 log.info("%s: unreadable cache entry, recomputing", path)
         U, s = sm.dense_svd(W0)
+        # U is stored as float16: half the disk of a 1.5B model's bases, and cosines against eps >= 0.3 do not
+        # notice its 1e-3 rounding. It is returned rounded too, so that a checkpoint's rows do not depend on whether
+        # this process computed the base or read it back (resumed, or another shard's cache).
+        U16 = U.astype(np.float16)
         if path is not None:
-            # U is stored as float16: half the disk of a 1.5B model's bases, and cosines against eps >= 0.3
-            # do not notice its 1e-3 rounding.
             buf = io.BytesIO()
-            np.savez(buf, U=U.astype(np.float16), s=s)
+            np.savez(buf, U=U16, s=s)
             atomic_write_bytes(path, buf.getvalue())
-        return U, s
+        return U16.astype(np.float32), s
 
 
 # ----------------------------------------------------------------------------- per-module metrics
@@ -617,22 +620,30 @@ def _previous_subspaces(ckpt, **kwargs) -> dict[str, np.ndarray] | None:
 
 
 def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: bool = True,
-                method: str = "dense", cache_dir: Path | None = None) -> pd.DataFrame:
+                method: str = "dense", cache_dir: Path | None = None,
+                shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Spectra of every non-base checkpoint of the given runs -> <out>/spectra.parquet; resumable per checkpoint.
 
-    A checkpoint that cannot be analysed gives one warning line and is skipped; the series goes on."""
+    A checkpoint that cannot be analysed gives one warning line and is skipped; the series goes on. `shard` (i, N):
+    only the i-th contiguous block of the checkpoints (tina_probe/shards.py rule S3: a block's first checkpoint
+    recomputes its predecessor's subspaces once); the table is consolidated from every part present either way,
+    and the cross-run update_overlap is left to a run without a shard."""
     out = Path(out)
     store = Store(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / ".cache" / "spectra"
     runs = _discover_runs([str(p) for p in ckpt_paths])
     pair_rank = _paired_rank(runs)
     todo = [(run, [c for c in run.checkpoints if c.kind != "base" and int(c.step) != 0]) for run in runs]
-    total = sum(len(c) for _, c in todo)
-    with tqdm(total=total, desc="spectra", unit="ckpt") as bar:
+    everything = [(run.name, int(c.step)) for run, cks in todo for c in sorted(cks, key=lambda c: int(c.step))]
+    mine = set(block(everything, shard))
+    with tqdm(total=len(mine), desc="spectra", unit="ckpt") as bar:
         for run, ckpts in todo:
             prev, prev_ckpt = None, None
             ordered = sorted(ckpts, key=lambda c: int(c.step))
             for before, ck in zip([None, *ordered], ordered):
+                if (run.name, int(ck.step)) not in mine:  # another shard's: its successor loads or recomputes it
+                    prev, prev_ckpt = None, ck
+                    continue
                 bar.set_postfix_str(f"{ck.run}@{int(ck.step)}")
                 key = _part_key(ck, before, (top, method, intruders, pair_rank))
                 if store.has_part(TABLE, key):
@@ -657,10 +668,12 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
                 store.write_part(TABLE, key, frame)
                 prev, prev_ckpt = result.subspaces, ck
                 bar.update(1)  # after the work: the bar counts checkpoints done, not started
-    df = store.consolidate(TABLE, key_cols=["run", "step", "layer", "module", "module_path"], newest_last=True)
+    keys = ["run", "step", "layer", "module", "module_path"]
+    # sorted by its keys: shards and one process write the same table, whatever order the parts came in
+    df = store.consolidate(TABLE, key_cols=keys, sort_by=keys, newest_last=True)
     if df.empty:
         df = pd.DataFrame(columns=COLUMNS)
-    if intruders and len(runs) > 1:  # cross-run changed-mask overlap (rule G5), each run at its last checkpoint
+    if intruders and len(runs) > 1 and shard is None:  # cross-run changed-mask overlap (rule G5), each run at its last checkpoint
         from analysis.update_overlap import update_overlap_table
 
         try:
@@ -669,5 +682,6 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
             log.warning("spectra: no update_overlap table: %s", exc)
         else:
             if not overlap.empty:
-                store.write("update_overlap", overlap)
+                with store.lock():
+                    store.write("update_overlap", overlap)
     return df

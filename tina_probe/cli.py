@@ -15,6 +15,7 @@ import typer
 
 from analysis.rules import PhaseRules, VerdictRules  # thresholds only (dataclasses): cheap at import
 from tina_probe.errors import TinaError
+from tina_probe.shards import parse_shard
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tina-probe shows its own progress (tqdm); library bars (transformers' "Loading weights", hub and datasets
@@ -112,14 +113,7 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
         step_set = {int(s) for s in steps.split(",") if s.strip()} if steps else None
     except ValueError:
         raise TinaError(f"--steps {steps}: expected comma separated integers (e.g. 0,50,100)") from None
-    shard_t = None
-    if shard:
-        try:
-            i, total = (int(x) for x in shard.split("/"))
-            assert 0 <= i < total
-        except (ValueError, AssertionError):
-            raise TinaError(f"--shard {shard}: expected i/N with 0 <= i < N") from None
-        shard_t = (i, total)
+    shard_t = parse_shard(shard)
     run_eval(_expand(ckpts + (more or [])), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
              max_tokens=max_tokens, seed=seed, backend=backend, out=out, steps=step_set, shard=shard_t,
              limit=limit, merge=merge)
@@ -147,11 +141,13 @@ def grade(samples: Path = typer.Option(..., "--samples", help="JSONL or parquet 
 def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"), out: Path = OUT,
             top: int = typer.Option(64, "--top", help="singular values kept per matrix"),
             intruders: bool = typer.Option(True, "--intruders/--no-intruders", help="intruder dimensions, spectral "
-                                           "drift and sparsity (an SVD of every updated matrix per checkpoint)")):
+                                           "drift and sparsity (an SVD of every updated matrix per checkpoint)"),
+            shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's block of checkpoints; "
+                                                "a last run without --shard writes the cross-run update_overlap")):
     """Update spectra of LoRA adapters and full-FT deltas -> spectra table."""
     from analysis.spectra import run_spectra
 
-    run_spectra(_expand(ckpts + (more or [])), out, top=top, intruders=intruders)
+    run_spectra(_expand(ckpts + (more or [])), out, top=top, intruders=intruders, shard=parse_shard(shard))
 
 
 @app.command()
@@ -159,11 +155,14 @@ def spectra(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List
 def retention(ckpts: List[str] = typer.Option(..., "--ckpts"), more: Optional[List[str]] = typer.Argument(None, hidden=True, help="more paths after --ckpts (shell globs)"),
               probes: Optional[List[str]] = typer.Option(None, "--probes", help="probe names, comma separated"),
               limit: Optional[int] = typer.Option(None, "--limit", help="first N documents / windows / prompts"),
+              shard: Optional[str] = typer.Option(None, "--shard", help="i/N: this process's share of the "
+                                                  "checkpoints (every probe of a checkpoint in one shard)"),
               out: Path = OUT):
     """Knowledge-retention probes (lm-eval tasks, KL to the base, perplexity) -> retention table."""
     from analysis.retention import run_retention
 
-    run_retention(_expand(ckpts + (more or [])), probes=_split(probes), out=out, limit=limit)
+    run_retention(_expand(ckpts + (more or [])), probes=_split(probes), out=out, limit=limit,
+                  shard=parse_shard(shard))
 
 
 @app.command()

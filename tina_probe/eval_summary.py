@@ -16,7 +16,13 @@ SAMPLE_KEY_COLS = ["run", "step", "benchmark", "sampling", "problem_id", "sample
 
 def summarize(store: Store) -> dict[str, pd.DataFrame]:
     """Consolidate the samples parts present (the newest of each group: eval_sweep rule 6) and recompute the passk
-    and format tables from them (format: with an identical_to_base row per LoRA group, eval_identical)."""
+    and format tables from them (format: with an identical_to_base row per LoRA group, eval_identical).
+    Under the store's lock: shards finishing at once each write all three tables from the same parts."""
+    with store.lock():
+        return _summarize(store)
+
+
+def _summarize(store: Store) -> dict[str, pd.DataFrame]:
     from tina_probe.passk import format_table, passk_table
 
     samples = store.consolidate("samples", key_cols=SAMPLE_KEY_COLS, sort_by=SAMPLE_KEY_COLS,

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from tina_probe.benchmarks import Benchmark, load_benchmark
 from tina_probe.errors import TinaError
+from tina_probe.shards import round_robin
 from tina_probe.generate import SamplingSettings
 from tina_probe.runs import Checkpoint, Run
 from tina_probe.store import stable_key
@@ -89,8 +90,7 @@ def shard_units(units: Sequence[Unit], shard: tuple[int, int] | None) -> list[Un
     i, total = shard
     if not (0 <= i < total):
         raise TinaError(f"shard {i}/{total}: expected 0 <= i < N")
-    jobs = list(dict.fromkeys(u.gen_key for u in units))
-    mine = {g for j, g in enumerate(jobs) if j % total == i}
+    mine = set(round_robin(list(dict.fromkeys(u.gen_key for u in units)), shard))  # shards.py rule S2
     return [u for u in units if u.gen_key in mine]
 
 

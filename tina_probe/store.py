@@ -14,7 +14,13 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory lock (the store's writes stay atomic; see Store.lock)
+    fcntl = None
 
 import pandas as pd
 
@@ -90,6 +96,14 @@ def atomic_write_parquet(path: Path | str, df: pd.DataFrame) -> Path:
     return _atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
+def read_parquet_file(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet file through one open handle. pyarrow given a path may open it more than once (footer, then
+    pages); a table replaced in between (os.replace by a concurrent writer) would then be read torn. One handle
+    keeps reading the file as it was when opened."""
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh, columns=columns)
+
+
 def safe_key(key: str) -> str:
     """A file-name-safe form of a part key; unsafe keys get a short hash so distinct keys stay distinct."""
     cleaned = _SAFE.sub("_", key)[:120]
@@ -104,12 +118,48 @@ def stable_key(*fields) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+LOCK_FILE = ".lock"  # in <root>/: held while a process consolidates tables (Store.lock)
+_held: dict[str, list] = {}  # lock path -> [open file, depth]: the lock is re-entrant within one process
+
+
 class Store:
     """One folder of parquet tables: <root>/<table>.parquet; resume parts in <root>/.parts/<table>/<key>.parquet."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self._format_checked = self._stamped = False
+
+    @contextmanager
+    def lock(self):
+        """Hold the store's lock (an exclusive flock on <root>/.lock), re-entrant within a process.
+
+        Parts need no lock (each is one atomic write). Consolidating does: a process that read the parts, then
+        replaced the table after another process wrote a newer part and its own table, would put back a table
+        without that part. Under the lock the last consolidation reads every part written before it started.
+        flock is advisory and local: on a network filesystem without flock support, consolidate from one node."""
+        path = str((self.root / LOCK_FILE).resolve())
+        if fcntl is None:
+            yield
+            return
+        entry = _held.get(path)
+        if entry is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+b")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            except BaseException:
+                fh.close()
+                raise
+            entry = _held[path] = [fh, 0]
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[path]
+                fcntl.flock(entry[0].fileno(), fcntl.LOCK_UN)
+                entry[0].close()
 
     def table_path(self, table: str) -> Path:
         """Where a consolidated table lives."""
@@ -153,8 +203,10 @@ class Store:
 
     def read(self, table: str) -> pd.DataFrame:
         """The consolidated table, or an empty DataFrame when it was never written."""
-        path = self.table_path(table)
-        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        try:
+            return read_parquet_file(self.table_path(table))
+        except FileNotFoundError:
+            return pd.DataFrame()
 
     def write(self, table: str, df: pd.DataFrame) -> Path:
         """Replace a whole table atomically."""
@@ -172,7 +224,7 @@ class Store:
 
     def read_part(self, table: str, key: str) -> pd.DataFrame:
         """One part's rows."""
-        return pd.read_parquet(self.part_path(table, key))
+        return read_parquet_file(self.part_path(table, key))
 
     def part_keys(self, table: str) -> set[str]:
         """The (file-safe) keys of the parts written so far; temp files of interrupted writes are ignored."""
@@ -218,7 +270,12 @@ class Store:
         `newest_per_key_prefix`: of parts keyed '<prefix>-<rest>' only the one written last per prefix is read (its
         replacements are moved away when written; this covers a crash between the write and the move); parts
         without a prefix are all read. A part moved away meanwhile (another process) is left out.
-        `sort_by` orders the rows (stable) before writing; write=False returns them without writing a table."""
+        `sort_by` orders the rows (stable) before writing; write=False returns them without writing a table.
+        Runs under the store's lock (Store.lock), so concurrent consolidations cannot drop each other's parts."""
+        with self.lock():
+            return self._consolidate(table, key_cols, sort_by, newest_per_key_prefix, newest_last, write)
+
+    def _consolidate(self, table, key_cols, sort_by, newest_per_key_prefix, newest_last, write) -> pd.DataFrame:
         folder = self._part_dir(table)
         keys = sorted(self.part_keys(table))
         if newest_per_key_prefix or newest_last:
@@ -230,7 +287,7 @@ class Store:
         frames = []
         for k in keys:
             try:
-                frames.append(pd.read_parquet(folder / f"{k}.parquet"))
+                frames.append(read_parquet_file(folder / f"{k}.parquet"))
             except FileNotFoundError:
                 continue
         frames = [f for f in frames if len(f.columns)]

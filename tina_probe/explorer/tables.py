@@ -85,8 +85,11 @@ def fingerprint(path: Path) -> tuple[int, int, int] | None:
 
 
 def read_parquet_file(path: str) -> pd.DataFrame:
-    """Read one parquet file (kept separate so tests can count the reads behind the cache)."""
-    return pd.read_parquet(path)
+    """Read one parquet file (kept separate so tests can count the reads behind the cache), through one handle so
+    that a table replaced meanwhile by a running command is never read torn (store.read_parquet_file)."""
+    from tina_probe.store import read_parquet_file as read_whole
+
+    return read_whole(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

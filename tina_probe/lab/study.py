@@ -254,11 +254,10 @@ def summarize(out: Path, run_dirs: list[Path]) -> None:
     store has one, scored on the test split), the format transition, the verdicts."""
     import pandas as pd
 
-    def read(name):
-        p = out / f"{name}.parquet"
-        return pd.read_parquet(p) if p.is_file() else pd.DataFrame()
+    from tina_probe.store import Store
 
-    passk, summary, hyp = read("passk"), read("phase_summary"), read("hypothesis")
+    store = Store(out)
+    passk, summary, hyp = store.read("passk"), store.read("phase_summary"), store.read("hypothesis")
     title = "tina-probe lab: best checkpoint per run (strict pass@1 on the test split, sampled)"
     columns = ("run", "kind", "base strict", "best step (chosen on)", "strict pass@1 [95% CI]",
                "lenient pass@1 [95% CI]", "format transition", "format adaptation")
