@@ -82,7 +82,8 @@ def train(recipe: Path = typer.Option(..., "--recipe", help="recipe YAML (see tr
 
     r = load_recipe(recipe, set_)
     run_dir = run_train(r, out, source=str(recipe))
-    typer.echo(f"run written to {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate / torchrun: the first process speaks for the run
+        typer.echo(f"run written to {run_dir}")
 
 
 @app.command("eval")
