@@ -16,6 +16,7 @@ from conftest import make_tokenizer
 from safetensors.torch import load_file, save_file
 
 from analysis import spectra as sp
+from analysis import distribution_probes as dp
 from analysis import retention as rt
 from analysis.retention_probes import REAL_PROBES, resolve_probes
 from tina_probe.errors import TinaError
@@ -173,14 +174,14 @@ def test_text_start_token_follows_the_tokenizer_not_its_bos_name():
     from tokenizers import processors
 
     tok = _chat_tokenizer()
-    assert tok.bos_token_id is not None and rt.text_start_token(tok) is None  # a BOS it never adds: none
+    assert tok.bos_token_id is not None and dp.text_start_token(tok) is None  # a BOS it never adds: none
     adds = make_tokenizer()
     adds.bos_token = "<|user|>"
     bos = adds.bos_token_id
     adds._tokenizer.post_processor = processors.TemplateProcessing(single="<|user|> $A", special_tokens=[("<|user|>", bos)])
-    assert adds("ab")["input_ids"][0] == bos and rt.text_start_token(adds) == bos
-    assert rt.rows_per_pass(16, 256, 49152) == 5 and rt.rows_per_pass(16, 64, 300) == 16
-    assert rt.rows_per_pass(16, 256, 49152, budget=1) == 1
+    assert adds("ab")["input_ids"][0] == bos and dp.text_start_token(adds) == bos
+    assert dp.rows_per_pass(16, 256, 49152) == 5 and dp.rows_per_pass(16, 64, 300) == 16
+    assert dp.rows_per_pass(16, 256, 49152, budget=1) == 1
 
 
 def _direct_nll(base: Path, text: str, window: int, n_windows: int) -> float:
@@ -237,7 +238,7 @@ def test_real_text_probes_on_a_tied_llama_lora(tmp_path, llama_base, monkeypatch
             assert math.isclose(v[(2, probe.name, metric)], direct[f"{metric},none"], abs_tol=1e-9), probe.name
     assert v[(4, "kl_real", "kl")] > 1e-4 and all(math.isfinite(v[(4, p, "acc")]) for p in REAL_PROBES[:2])
     # one row per forward: the same KL and perplexity
-    monkeypatch.setattr(rt, "LOGITS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(dp, "LOGITS_BUDGET_BYTES", 1)
     again = rt.run_retention([str(run)], ["kl_real", "ppl_real"], out=tmp_path / "res1", limit=6, settings=SETTINGS)
     w = {(r.step, r.probe, r.metric): r.value for r in again.itertuples()}
     for key in [k for k in v if k[1] in ("kl_real", "ppl_real")]:

@@ -17,15 +17,13 @@ import pytest
 import torch
 
 from analysis.kl import perplexity, token_kl, token_mean, token_nll
+from analysis.distribution_probes import completion_mask, right_pad, text_windows
 from analysis.retention import (
     COLUMNS,
     RetentionSettings,
-    completion_mask,
     lmeval_metrics,
     load_tokenizer,
-    right_pad,
     run_retention,
-    text_windows,
 )
 from analysis.retention_plots import learning_forgetting_frame, plot_learning_forgetting
 from analysis.retention_probes import (
@@ -471,11 +469,11 @@ def test_fast_path_writes_the_old_paths_table_with_less_work(runs_root, tmp_path
     stderr and per-item scores bit for bit, on a base, two LoRA adapters and a full checkpoint, with less work."""
     import lm_eval.evaluator
 
-    import analysis.retention as retention_mod
+    import analysis.distribution_probes as probes_mod
     from tina_probe.slow_paths import ENV
 
     calls = {"forwards": 0, "env_reports": 0}
-    logits = retention_mod._logits
+    logits = probes_mod._logits
 
     def counted_logits(*args, **kwargs):
         calls["forwards"] += 1
@@ -484,7 +482,7 @@ def test_fast_path_writes_the_old_paths_table_with_less_work(runs_root, tmp_path
     def counted_env_report(results):
         calls["env_reports"] += 1
 
-    monkeypatch.setattr(retention_mod, "_logits", counted_logits)
+    monkeypatch.setattr(probes_mod, "_logits", counted_logits)
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", counted_env_report)
     runs = [str(runs_root / "lab-lora"), str(runs_root / "lab-full")]
     tables, work = {}, {}

@@ -1,0 +1,116 @@
+"""The task KL on a checkpoint's stored eval completions (analysis/task_completions.py rules K1-K5): which samples are
+reused, and the KL they give against a plain transformers + peft computation."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.distribution_probes import render_prompt
+from analysis.retention import RetentionSettings, load_tokenizer, run_retention
+from analysis.task_completions import read_eval_samples, stored_completions
+from tina_probe.benchmarks import Problem
+from tina_probe.evaluate import run_eval
+from tina_probe.store import Store
+
+PROMPTS = ["1+2=?", "2+3=?", "3+4=?"]
+
+
+def _problems(questions):
+    return [Problem(id=f"p{i}", question=q, answer="0", prompt=f"Solve: {q}") for i, q in enumerate(questions)]
+
+
+def _samples(ckpt="ck", bench="b", sampling="n2", n=2, problems=3, temperature=1.0, top_p=1.0, max_tokens=16,
+             run="r"):
+    return pd.DataFrame([{"run": run, "checkpoint": ckpt, "benchmark": bench, "sampling": sampling,
+                          "problem_id": f"p{i}", "sample_idx": j, "completion": f"c{i}{j}", "truncated": j == 1,
+                          "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n_samples": n}
+                         for i in range(problems) for j in range(n)])
+
+
+def test_rules_k2_to_k4_pick_fitting_samples():
+    cache = {"b": _problems(PROMPTS), "other": _problems(["9+9=?", *PROMPTS[1:]]), "c": _problems(PROMPTS)}
+    got = stored_completions(_samples(), "ck", PROMPTS[:2], dict(cache))
+    assert got.source == "eval:b/n2" and got.problems == ("p0", "p0", "p1", "p1")
+    assert got.prompts[0] == "Solve: 1+2=?" and got.texts == ("c00", "c01", "c10", "c11")
+    assert got.ended == (True, False, True, False)  # truncated samples end without their EOS
+    assert stored_completions(_samples(), "elsewhere", PROMPTS, dict(cache)) is None
+    assert stored_completions(_samples(bench="other"), "ck", PROMPTS, dict(cache)) is None  # K2: other questions
+    assert stored_completions(_samples(problems=2), "ck", PROMPTS, dict(cache)) is None  # K3: a prompt not covered
+    both = pd.concat([_samples(), _samples(bench="c", sampling="n4", n=4)])
+    assert stored_completions(both, "ck", PROMPTS, dict(cache)).source == "eval:c/n4"  # K4: most samples
+    shared = pd.concat([_samples(run="a"), _samples(run="b")])  # a base stored once per run
+    assert len(stored_completions(shared, "ck", PROMPTS, dict(cache)).texts) == 6
+    assert stored_completions(_samples(), "ck", PROMPTS, {"b": None}) is None  # benchmark not loadable here
+
+
+def test_rule_k1_keeps_only_the_checkpoints_own_distribution(tmp_path):
+    store = Store(tmp_path)
+    assert read_eval_samples(store).empty
+    store.write("samples", pd.concat([_samples(), _samples(sampling="t07", temperature=0.7),
+                                      _samples(sampling="p09", top_p=0.9)]))
+    assert set(read_eval_samples(store)["sampling"]) == {"n2"}
+
+
+@torch.inference_mode()
+def _plain_task_kl(base_dir, adapter, rows) -> float:
+    """KL(ckpt || base) per completion token with plain transformers + peft, one completion at a time."""
+    from peft import PeftModel
+    from torch.distributions import Categorical, kl_divergence
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True),
+                                      str(adapter)).eval()
+    total, tokens = 0.0, 0
+    for prompt_ids, completion_ids in rows:
+        ids = torch.tensor([prompt_ids + completion_ids])
+        lp, lb = tuned(input_ids=ids).logits[0].double(), base(input_ids=ids).logits[0].double()
+        pos = slice(len(prompt_ids) - 1, len(prompt_ids) + len(completion_ids) - 1)
+        total += float(kl_divergence(Categorical(logits=lp[pos]), Categorical(logits=lb[pos])).sum())
+        tokens += len(completion_ids)
+    return total / tokens
+
+
+def test_task_kl_on_stored_eval_completions_equals_plain_transformers(runs_dir, tmp_path, tiny_base):
+    bench = tmp_path / "arith.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"a{i}", "question": q, "answer": "1"}) + "\n"
+                             for i, q in enumerate(PROMPTS)))
+    out = tmp_path / "res"
+    runs = [str(runs_dir / "lab-lora")]
+    run_eval(runs, benchmarks=[str(bench)], n=2, temperature=1.0, max_tokens=6, seed=1, out=out, show=False)
+    settings = RetentionSettings(batch_size=4, task_max_tokens=6)
+    df = run_retention(runs, probes=[f"kl_task={bench}"], out=out, settings=settings)
+    rows = df[df.probe == "kl_task"].set_index("step")
+    assert set(rows["source"]) == {"eval:arith/" + pd.read_parquet(out / "samples.parquet")["sampling"].iloc[0]}
+    assert rows.loc[0, "value"] == 0.0  # the base's own completions
+
+    # the same number from the stored text, tokenized as the generator does, scored by plain transformers + peft
+    tok = load_tokenizer(str(tiny_base))
+    samples = pd.read_parquet(out / "samples.parquet")
+    adapter = runs_dir / "lab-lora" / "checkpoint-20"
+    mine = samples[samples.checkpoint == str(adapter)].sort_values(["problem_id", "sample_idx"])
+    prompt_of = {f"a{i}": f for i, f in enumerate(PROMPTS)}
+    plain_rows = []
+    for r in mine.itertuples():
+        from tina_probe.benchmarks import load_benchmark
+
+        problem = {p.id: p for p in load_benchmark(str(bench)).problems}[r.problem_id]
+        assert problem.question == prompt_of[r.problem_id]
+        text, special = render_prompt(tok, problem.prompt)
+        ids = tok(text, add_special_tokens=special)["input_ids"]
+        comp = tok(r.completion, add_special_tokens=False)["input_ids"] + ([] if r.truncated else [tok.eos_token_id])
+        if comp:
+            plain_rows.append((ids, comp))
+    assert rows.loc[20, "value"] == pytest.approx(_plain_task_kl(tiny_base, adapter, plain_rows), rel=1e-4)
+    assert rows.loc[20, "value"] > 1e-4  # the adapter moved the policy: a non-trivial match
+    assert rows.loc[20, "ci_low"] <= rows.loc[20, "value"] <= rows.loc[20, "ci_high"]
+
+    # K1: an eval at temperature 0.7 is not the checkpoint's distribution: the probe samples (a new store)
+    other = tmp_path / "res07"
+    run_eval(runs, benchmarks=[str(bench)], n=2, temperature=0.7, max_tokens=6, seed=1, out=other, show=False)
+    df07 = run_retention(runs, probes=[f"kl_task={bench}"], out=other, settings=settings)
+    assert set(df07["source"]) == {"sampled"}
