@@ -162,9 +162,10 @@ def completion_mask(prompt_lens: list[int], total_lens: list[int], width: int) -
     return mask
 
 
-def _score_task_rows(models: ProbeModels, rows: list[list[int]], prompt_lens: list[int]
+def _score_task_rows(models: ProbeModels, rows: list[list[int]], prompt_lens: list[int], *, forward: bool = False
                      ) -> tuple[list[float], list[float]]:
-    """Per row: the KL(ckpt || base) summed over its completion tokens, and their number."""
+    """Per row: the KL summed over its completion tokens, and their number; KL(ckpt || base), or with `forward`
+    KL(base || ckpt) (RL's Razor's direction, on the base's own completions)."""
     tok = models.tokenizer
     ids, mask = right_pad(rows, tok.pad_token_id)
     cmask = completion_mask(prompt_lens, [len(r) for r in rows], ids.shape[1])
@@ -179,7 +180,8 @@ def _score_task_rows(models: ProbeModels, rows: list[list[int]], prompt_lens: li
         else:
             with models.reference() as ref:
                 lb = _logits(ref, ids[part], mask[part])[:, :-1]
-        s, n = masked_sums(token_kl(lp, lb, cmask[part]), cmask[part])
+        kl = token_kl(lb, lp, cmask[part]) if forward else token_kl(lp, lb, cmask[part])
+        s, n = masked_sums(kl, cmask[part])
         sums.extend(s)
         counts.extend(n)
     return sums, counts
@@ -196,33 +198,26 @@ def _per_cluster(sums, counts, clusters) -> tuple[list[float], list[float]]:
 
 
 @torch.inference_mode()
-def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: RetentionSettings,
-            stored: TaskCompletions | None = None) -> tuple[TokenMean, list[float], list[float]]:
-    """KL(ckpt || base) per completion token on completions of the checkpoint for the task's prompts, with the
-    per-problem KL sums and token counts (the bootstrap resamples problems). `stored`: the checkpoint's eval
-    completions (analysis/task_completions.py, rules K1-K5); None: sampled here, `task_samples` per prompt."""
-    if stored is not None:
-        rows, prompt_lens, clusters = completion_rows(models.tokenizer, stored, render_prompt)
-        sums, counts = [], []
-        for lo in range(0, len(rows), settings.batch_size):
-            s, n = _score_task_rows(models, rows[lo : lo + settings.batch_size],
-                                    prompt_lens[lo : lo + settings.batch_size])
-            sums.extend(s)
-            counts.extend(n)
-        sums, counts = _per_cluster(sums, counts, clusters)
-        return token_mean(sums, counts), sums, counts
+def sampled_task_rows(models: ProbeModels, path: Path, *, limit: int | None, settings: RetentionSettings,
+                      from_base: bool = False) -> tuple[list[list[int]], list[int], list[int]]:
+    """(token rows prompt + completion, prompt lengths, prompt index per row): `task_samples` completions per prompt
+    sampled from the active checkpoint, or with `from_base` from the base (kept in models.memo: the same for every
+    checkpoint of the base)."""
     from transformers import GenerationConfig
 
+    memo_key = ("base_task_rows", str(Path(path).resolve()), limit, settings)
+    if from_base and memo_key in models.memo:
+        return models.memo[memo_key]
     tok = models.tokenizer
     prompts = read_prompts(path)[:limit] if limit is not None else read_prompts(path)
     per_batch = max(1, settings.batch_size // max(1, settings.task_samples))
-    sums, counts, clusters = [], [], []
+    rows, prompt_lens, clusters = [], [], []
     for b, start in enumerate(range(0, len(prompts), per_batch)):
         rendered = [render_prompt(tok, p) for p in prompts[start : start + per_batch]]
         add_special = rendered[0][1]
         enc = tok([r[0] for r in rendered], return_tensors="pt", padding=True, padding_side="left",
                   add_special_tokens=add_special)
-        with models.policy() as m:
+        with (models.reference() if from_base else models.policy()) as m:
             eos = _eos_ids(m, tok)
             config = GenerationConfig(
                 do_sample=settings.temperature > 0, temperature=max(settings.temperature, 1e-5), top_p=1.0,
@@ -233,7 +228,6 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
             dev = next(m.parameters()).device
             seqs = m.generate(**{k: v.to(dev) for k, v in enc.items()}, generation_config=config).cpu()
         width_in = enc["input_ids"].shape[1]
-        rows, prompt_lens = [], []
         for j in range(seqs.shape[0]):
             src = j // settings.task_samples
             prompt = enc["input_ids"][src][enc["attention_mask"][src].bool()].tolist()
@@ -244,9 +238,28 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
             rows.append(prompt + new[:n_tok])
             prompt_lens.append(len(prompt))
             clusters.append(start + src)
-        if not rows:
-            continue
-        s, n = _score_task_rows(models, rows, prompt_lens)
+    if from_base:
+        models.memo[memo_key] = (rows, prompt_lens, clusters)
+    return rows, prompt_lens, clusters
+
+
+@torch.inference_mode()
+def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: RetentionSettings,
+            stored: TaskCompletions | None = None, forward: bool = False
+            ) -> tuple[TokenMean, list[float], list[float]]:
+    """The task KL per completion token, with the per-problem KL sums and token counts (the bootstrap resamples
+    problems). Default: KL(ckpt || base) on the checkpoint's own completions; `forward`: KL(base || ckpt) on the
+    base's completions, RL's Razor's E_x[KL(pi_0 || pi)]. `stored`: those completions as `eval` stored them
+    (analysis/task_completions.py, rules K1-K5); None: sampled here, `task_samples` per prompt."""
+    if stored is not None:
+        rows, prompt_lens, clusters = completion_rows(models.tokenizer, stored, render_prompt)
+    else:
+        rows, prompt_lens, clusters = sampled_task_rows(models, path, limit=limit, settings=settings,
+                                                        from_base=forward)
+    sums, counts = [], []
+    for lo in range(0, len(rows), settings.batch_size):
+        s, n = _score_task_rows(models, rows[lo : lo + settings.batch_size],
+                                prompt_lens[lo : lo + settings.batch_size], forward=forward)
         sums.extend(s)
         counts.extend(n)
     sums, counts = _per_cluster(sums, counts, clusters)

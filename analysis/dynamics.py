@@ -10,7 +10,8 @@ Writes four tables (per run, benchmark, sampling and grading where they apply):
 - `support`: support flows of each checkpoint against the base (kept / gained / lost, SRR, NDR, NSCR) and
   `answer_entropy` per problem and checkpoint (analysis/support.py, after "The Invisible Leash");
 - `gpassk`: G-Pass@k_tau beside pass@k (tina_probe/gpassk.py);
-- `razor`: whether task KL or the weight-change norm predicts forgetting along the series (analysis/razor.py,
+- `razor`, `razor_points` (its inputs: per checkpoint and retention metric, loss, task_kl, rel_norm): whether task
+  KL or the weight-change norm predicts forgetting along the series (analysis/razor.py,
   after "RL's Razor"), when the store has retention rows.
 """
 
@@ -105,11 +106,12 @@ def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int =
                              min_correct=min_correct)
     retention = store.read("retention")
     if not retention.empty:
-        from analysis.razor import razor_table
+        from analysis.razor import forgetting_frame, razor_table
 
         path = store.table_path("spectra")
         spectra = read_parquet_file(path, columns=["run", "step", "rel_norm"]) if path.is_file() else None
         tables["razor"] = razor_table(retention, spectra, n_boot=n_boot, seed=seed)
+        tables["razor_points"] = forgetting_frame(retention, spectra)  # what the razor rows were computed from
     for name, df in tables.items():
         store.write(name, df.reset_index(drop=True))
     return tables

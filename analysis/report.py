@@ -30,6 +30,7 @@ FILLS = {  # table -> the command that writes it
     "training_curves": "tina-probe phase --runs runs/*", "passk": "tina-probe eval --ckpts runs/*",
     "format": "tina-probe eval --ckpts runs/*", "spectra": "tina-probe spectra --ckpts runs/*",
     "support": "tina-probe dynamics", "answer_entropy": "tina-probe dynamics", "gpassk": "tina-probe dynamics",
+    "razor_points": "tina-probe dynamics", "razor": "tina-probe dynamics",
 }
 SUMMARY_COLUMNS = ["run", "benchmark", "best_step", "best_value", "base_value", "transition_metric",
                    "transition_step", "transition_low", "transition_high", "lag_steps", "lag_share",
@@ -208,4 +209,6 @@ def write_report(out: Path) -> Path:
     _section(lines, "Support kept, gained, lost; answer diversity (The Invisible Leash)",
              lambda: report_rl.support_section(t["support"], t["answer_entropy"], folder, _save))
     _section(lines, "Stability of correctness (G-Pass@k)", lambda: report_rl.gpassk_section(t["gpassk"], folder, _save))
+    _section(lines, "Task KL and forgetting (RL's Razor)",
+             lambda: report_rl.razor_section(t["razor_points"], t["razor"], folder, _save))
     return atomic_write_text(folder / "report.md", "\n".join(lines))

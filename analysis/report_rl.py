@@ -1,6 +1,7 @@
 """The report's figures for the 2025 analyses of what RL changes: where the update lands (The Path Not Taken),
-what support RL kept, gained and lost and how diverse its answers are (The Invisible Leash), and how stable its
-correctness is (G-Pass@k_tau). Each takes store tables and a folder, saves one seaborn PNG, returns markdown."""
+what support RL kept, gained and lost and how diverse its answers are (The Invisible Leash), how stable its
+correctness is (G-Pass@k_tau), and whether task KL tracks forgetting (RL's Razor). Each takes store tables and a
+folder, saves one seaborn PNG, returns markdown."""
 from __future__ import annotations
 
 import matplotlib
@@ -92,3 +93,28 @@ def gpassk_section(gpassk: pd.DataFrame, folder, save) -> str:
     name = save(grid.figure, folder, "gpassk.png")
     return (f"Benchmark {bench}, lenient G-Pass@{kmax}_tau: the chance that at least ceil(tau*k) of {kmax} samples are right "
             f"(tina_probe/gpassk.py).\n\n![G-Pass@k]({name})\n")
+
+
+def razor_section(points: pd.DataFrame, razor: pd.DataFrame, folder, save) -> str:
+    """Each retention metric's loss vs the base against the task KL, one point per checkpoint, per run."""
+    if points.empty:
+        return ("_No `razor_points` table: run `tina-probe retention` with a `kl_task` probe, then "
+                "`tina-probe dynamics`._\n")
+    frame = points.dropna(subset=["task_kl", "loss"])
+    if frame.empty:
+        return "_No checkpoint has both a task KL (`kl_task` probe) and another retention metric._\n"
+    frame = frame.assign(what=frame["probe"] + "/" + frame["metric"])
+    grid = sns.relplot(frame, x="task_kl", y="loss", hue="run", style="kind", col="what", kind="scatter",
+                       col_wrap=min(3, frame["what"].nunique()), height=2.8, facet_kws={"sharey": False})
+    metric = str(frame["task_kl_metric"].iloc[0])
+    grid.set_axis_labels(f"task KL ({metric}, nats/token)", "loss vs base")
+    name = save(grid.figure, folder, "razor.png")
+    rows = ""
+    if not razor.empty:
+        keep = razor[(razor["scope"] == "all runs")]
+        cols = [c for c in ("probe", "metric", "predictor", "statistic", "n_points", "value", "ci_low", "ci_high",
+                            "verdict") if c in keep.columns]
+        rows = "\nPooled over runs (rules Z3-Z5 in analysis/razor.py):\n\n" + _md(keep[cols])
+    return (f"Task KL: `{metric}` (kl_forward: KL(base || checkpoint) on the base's completions, the paper's "
+            f"direction; kl: KL(checkpoint || base) on the checkpoint's). Loss: a fall in accuracy, a rise in KL "
+            f"or NLL.\n\n![task KL vs forgetting]({name})\n" + rows)

@@ -317,9 +317,11 @@ def lmeval_items(samples: list[dict]) -> dict[str, tuple[float, ...]]:
 
 
 def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings: RetentionSettings,
-              cache: dict, stored: TaskCompletions | None = None) -> list[MetricValue]:
+              cache: dict, stored: tuple[TaskCompletions | None, TaskCompletions | None] = (None, None)
+              ) -> list[MetricValue]:
     """The metrics of one probe on the active checkpoint; `cache` shares one reference-text pass between
-    kl_general and ppl_general of the same checkpoint; `stored`: a task-KL probe's eval completions to score."""
+    kl_general and ppl_general of the same checkpoint; `stored`: a task-KL probe's eval completions to score, the
+    checkpoint's and the base's (None: sampled)."""
     if probe.family == "lmeval":
         with models.policy() as m:
             return run_lmeval(m, models.tokenizer, probe, limit=limit, settings=settings)
@@ -335,11 +337,17 @@ def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings:
     if probe.family == "kl_task":
         from tina_probe.passk import ratio_ci
 
-        kl, sums, counts = task_kl(models, probe.data, limit=limit, settings=settings, stored=stored)
-        # resampling unit: one problem (its completions' KL sums and token counts added up)
-        _, lo, hi = ratio_ci(sums, counts, n_boot=1000, seed=settings.seed) if sums else (float("nan"),) * 3
-        return [MetricValue("kl", kl.value, kl.stderr, ci_low=lo, ci_high=hi,
-                            source=stored.source if stored is not None else "sampled")]
+        values = []
+        # kl: KL(ckpt || base) on the checkpoint's completions; kl_forward: KL(base || ckpt) on the base's, the
+        # direction RL's Razor defines (E_x[KL(pi_0 || pi)], its section 1)
+        for metric, forward, completions in (("kl", False, stored[0]), ("kl_forward", True, stored[1])):
+            kl, sums, counts = task_kl(models, probe.data, limit=limit, settings=settings, stored=completions,
+                                       forward=forward)
+            # resampling unit: one problem (its completions' KL sums and token counts added up)
+            _, lo, hi = ratio_ci(sums, counts, n_boot=1000, seed=settings.seed) if sums else (float("nan"),) * 3
+            values.append(MetricValue(metric, kl.value, kl.stderr, ci_low=lo, ci_high=hi,
+                                      source=completions.source if completions is not None else "sampled"))
+        return values
     raise TinaError(f"{probe.name}: unknown probe family {probe.family!r}")
 
 
@@ -347,13 +355,13 @@ def run_probe(models: ProbeModels, probe: Probe, *, limit: int | None, settings:
 
 
 def _unit_key(ck: Checkpoint, probe: Probe, limit: int | None, settings: RetentionSettings,
-              stored: TaskCompletions | None = None) -> str:
+              stored: tuple = (None, None)) -> str:
     """Resume key of one (checkpoint path, probe) unit; the checkpoint's files (and an adapter's base's) are part of
     it, so a checkpoint saved again under the same path is probed again."""
     files = checkpoint_identity(ck)
     fields = ["retention", str(ck.path), ck.kind, probe.key, limit, asdict(settings), files]
-    if stored is not None:  # scored on stored eval completions: their identity too (sampled: the key as before)
-        fields.append(stored.fingerprint)
+    if probe.family == "kl_task":  # both directions; stored eval completions' identity (or "sampled")
+        fields.append(["kl+kl_forward", *(c.fingerprint if c is not None else "sampled" for c in stored)])
     return f"{probe.name}-{stable_key(*fields)}"
 
 
@@ -418,12 +426,15 @@ class _StoredTaskCompletions:
         self.benchmarks: dict = {}
         self.prompts: dict = {}
 
-    def get(self, ck: Checkpoint, probe: Probe) -> TaskCompletions | None:
+    def get(self, ck: Checkpoint, probe: Probe, base_path: str | None) -> tuple:
+        """(the checkpoint's completions, its base's completions), each None where none fit."""
         if self.samples.empty:
-            return None
+            return None, None
         if probe.data not in self.prompts:
             self.prompts[probe.data] = limited_prompts(probe.data, self.limit)
-        return stored_completions(self.samples, str(ck.path), self.prompts[probe.data], self.benchmarks, probe.data)
+        found = [stored_completions(self.samples, path, self.prompts[probe.data], self.benchmarks, probe.data)
+                 if path is not None else None for path in (str(ck.path), base_path)]
+        return tuple(found)
 
 
 def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: Path = Path("results"),
@@ -445,13 +456,15 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
         total = sum(len(groups) for _, groups in plan) * len(checked)
         models = ProbeModels(settings.device)
         reuse = _StoredTaskCompletions(store, limit) if any(p.family == "kl_task" for p in checked) else None
+        base_paths = {r.name: str(c.path) for r in runs for c in r.checkpoints if c.kind == "base"}
         with tqdm(total=total, desc="retention", unit="probe") as bar:
             for _base, groups in plan:
                 for cks in groups:
                     ck = cks[0]
                     todo = []
                     for probe in checked:
-                        stored = reuse.get(ck, probe) if reuse is not None and probe.family == "kl_task" else None
+                        stored = (reuse.get(ck, probe, base_paths.get(ck.run))
+                                  if reuse is not None and probe.family == "kl_task" else (None, None))
                         key = _unit_key(ck, probe, limit, settings, stored)
                         if _resumed(store, key, cks, probe.name):
                             store.touch_part(TABLE, key)  # asked for now: its rows win over other settings'

@@ -14,9 +14,11 @@ Every stage runs `tina-probe` in a child process with OMP_NUM_THREADS=1 (the stu
 runs); CPU seconds are the children's. On a shared machine the wall clock swings 2-10x: compare CPU seconds, and
 before/after only within one run.
 
-Run: python benchmarks/bench_study.py [--quick] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]
+Run: python benchmarks/bench_study.py [--quick | --real] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]
 (e.g. `--stages retention --probes lab_facts_gen,lab_facts_mc,kl_general,ppl_general,kl_task`: train, then retention
-with the whole study's probes)."""
+with the whole study's probes). `--real`: the real study's recipes, splits and probes on SmolLM2-135M-Instruct (the
+cached real base, built by `tina-probe lab real-base`), at the size REAL below; its train stage is the real GRPO
+step against its floor."""
 
 from __future__ import annotations
 
@@ -41,8 +43,22 @@ import torch  # noqa: E402
 from tina_probe.runs import training_log  # noqa: E402
 from tina_probe.slow_paths import ENV as SLOW_ENV  # noqa: E402
 
-RECIPES = ("lab-lora-r8", "lab-full")
 THREADS = 1
+
+
+@dataclass(frozen=True)
+class Study:
+    """Which study the bench times: its recipes, evaluation splits, and base model folder (for the floors)."""
+
+    recipes: tuple[str, ...]
+    benchmarks: str
+    base: str  # a folder, or real:NAME (tina_probe.real resolves it)
+    spectra_args: tuple[str, ...] = ()  # as the study calls spectra (the real study: --no-intruders)
+
+
+LAB = Study(recipes=("lab-lora-r8", "lab-full"), benchmarks="lab-test,lab-probe", base=str(ROOT / "data" / "lab" / "base"))
+REAL_STUDY = Study(recipes=("real-lora", "real-full"), benchmarks="real-test,real-probe",
+                   base="real:smollm2-135m-instruct", spectra_args=("--no-intruders",))
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class Size:
 
 QUICK = Size(steps=4, save_steps=2, eval_n=2, eval_limit=12, probes=("lab_facts_mc", "kl_general"), probe_limit=8)
 SMALL = Size(steps=16, save_steps=4, eval_n=4, eval_limit=24, probes=("lab_facts_mc", "kl_general"), probe_limit=16)
+# the real study's step (4 prompts x 4 samples x <= 64 tokens), two of them per run, a few problems and probes
+REAL = Size(steps=2, save_steps=1, eval_n=2, eval_limit=8, probes=("kl_real", "kl_task_real"), probe_limit=8)
 
 
 @dataclass
@@ -188,14 +206,14 @@ def eval_work(out: Path, n_params: int, rates: dict) -> tuple[dict, float]:
     return dict(completions=len(samples), tokens_generated=int(tokens)), floor
 
 
-def spectra_work(out: Path, shapes: dict, rates: dict) -> tuple[dict, float]:
-    """Matrices decomposed (spectra rows); floor = thin SVDs: each updated W_t (intruders), each full-FT ΔW, and each
-    base matrix once."""
+def spectra_work(out: Path, shapes: dict, rates: dict, intruders: bool = True) -> tuple[dict, float]:
+    """Matrices decomposed (spectra rows); floor = thin SVDs: each updated W_t (with intruders), each full-FT ΔW, and
+    each base matrix once."""
     df = pd.read_parquet(out / "spectra.parquet")
     flops = 0.0
     for kind, path in zip(df.kind, df.module_path):
         m, n = shapes.get(path, (0, 0))
-        flops += svd_flops(m, n) * (2 if kind == "full" else 1)
+        flops += svd_flops(m, n) * ((kind == "full") + intruders)
     flops += sum(svd_flops(*shapes[p]) for p in set(df.module_path) if p in shapes)
     return dict(matrices=len(df), gflop=round(flops / 1e9, 2)), flops / rates["flops"]
 
@@ -224,6 +242,7 @@ class Variant:
 
     root: Path
     slow: bool
+    study: Study = LAB
 
     @property
     def runs(self) -> Path:
@@ -239,7 +258,7 @@ class Variant:
 
     @property
     def run_dirs(self) -> list[Path]:
-        return [self.runs / f"{r}-bench" for r in RECIPES]
+        return [self.runs / f"{r}-bench" for r in self.study.recipes]
 
 
 def stage_calls(name: str, v: Variant, size: Size) -> list[list[str]]:
@@ -248,12 +267,12 @@ def stage_calls(name: str, v: Variant, size: Size) -> list[list[str]]:
     if name == "train":
         sets = sum((["--set", o] for o in (f"grpo.max_steps={size.steps}", f"grpo.save_steps={size.save_steps}")), [])
         return [["train", "--recipe", str(ROOT / "train" / "recipes" / f"{r}.yaml"), "--out", str(v.runs),
-                 "--set", f"name={r}-bench", *sets] for r in RECIPES]
+                 "--set", f"name={r}-bench", *sets] for r in v.study.recipes]
     if name == "eval":
-        return [["eval", "--ckpts", *ckpts, "--benchmarks", "lab-test,lab-probe", "--n", str(size.eval_n),
+        return [["eval", "--ckpts", *ckpts, "--benchmarks", v.study.benchmarks, "--n", str(size.eval_n),
                  "--limit", str(size.eval_limit), "--max-tokens", "64", "--seed", "0", "--out", str(v.out)]]
     if name == "spectra":
-        return [["spectra", "--ckpts", *ckpts, "--out", str(v.out)]]
+        return [["spectra", "--ckpts", *ckpts, *v.study.spectra_args, "--out", str(v.out)]]
     if name == "phase":
         return [["phase", "--runs", *ckpts, "--out", str(v.out)]]
     if name == "retention":
@@ -271,7 +290,8 @@ def stage_work(stage: Stage, v: Variant, machine: dict) -> None:
     elif stage.name == "eval":
         stage.work, stage.floor = eval_work(v.out, machine["params"], machine)
     elif stage.name == "spectra":
-        stage.work, stage.floor = spectra_work(v.out, machine["shapes"], machine)
+        stage.work, stage.floor = spectra_work(v.out, machine["shapes"], machine,
+                                               intruders="--no-intruders" not in v.study.spectra_args)
     elif stage.name == "retention":
         stage.work = retention_work(v.out)
     else:
@@ -403,6 +423,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 GRPO steps per run, 12 problems: a smoke run of a few "
                     "minutes")
+    ap.add_argument("--real", action="store_true", help="the real study (SmolLM2-135M-Instruct) at size REAL: 2 GRPO "
+                    "steps per run, 8 problems, the real probes")
     ap.add_argument("--no-before", action="store_true", help="today's code only (no side-by-side old paths)")
     ap.add_argument("--keep", type=Path, default=None, help="keep runs, results and bench.log here")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run, in the study's order "
@@ -410,7 +432,10 @@ def main() -> None:
     ap.add_argument("--probes", default=None, help="retention probes instead of the size's (the whole study's: "
                     "lab_facts_gen,lab_facts_mc,kl_general,ppl_general,kl_task)")
     args = ap.parse_args()
-    size = QUICK if args.quick else SMALL
+    if args.quick and args.real:
+        ap.error("--quick and --real: choose one")
+    size = REAL if args.real else QUICK if args.quick else SMALL
+    which = REAL_STUDY if args.real else LAB
     if args.probes:
         size = replace(size, probes=tuple(p.strip() for p in args.probes.split(",") if p.strip()))
     asked = {s.strip() for s in args.stages.split(",") if s.strip()}
@@ -418,15 +443,19 @@ def main() -> None:
     if unknown:
         ap.error(f"--stages: unknown {', '.join(unknown)} (stages: {', '.join(STAGES)})")
     stages_run = tuple(s for s in STAGES if s in asked | {"train"})
-    base = ROOT / "data" / "lab" / "base"
+    from tina_probe.real.models import resolve_model
+
+    base = Path(resolve_model(which.base))
     machine = dict(flops=matmul_flops(THREADS), bandwidth=memory_bandwidth(THREADS), params=weight_params(base),
                    shapes=matrix_shapes(base))
     print(f"machine: matmul {machine['flops'] / 1e9:.1f} GFLOP/s, memory {machine['bandwidth'] / 1e9:.1f} GB/s "
-          f"({THREADS} thread); lab base {machine['params'] / 1e6:.2f}M parameters; size: {size}")
+          f"({THREADS} thread); {'real' if args.real else 'lab'} base {machine['params'] / 1e6:.2f}M parameters; "
+          f"size: {size}")
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         root = args.keep.resolve() if args.keep else Path(tmp)
         # Each variant trains its own runs from the same seeds and analyses them in its own store.
-        variants = [Variant(root / "after", slow=False)] + ([] if args.no_before else [Variant(root / "before", True)])
+        variants = [Variant(root / "after", slow=False, study=which)] + (
+            [] if args.no_before else [Variant(root / "before", True, study=which)])
         stages = study(variants, size, machine, stages_run)
         report(stages[0], stages[1] if len(stages) > 1 else None)
         if any(s.name == "eval" and s.ok for s in stages[0]):

@@ -32,7 +32,8 @@ def test_kl_that_tracks_forgetting_beats_a_norm_that_does_not():
     acc = 0.8 - kl * 0.5  # forgetting grows exactly with task KL
     norm = rng.permutation(np.linspace(1, 2, 10))  # unrelated
     ret, spec = _tables(kl, norm, acc)
-    t = razor_table(ret, spec, n_boot=300).set_index(["scope", "predictor"])
+    t = razor_table(ret, spec, n_boot=300)
+    t = t[t.statistic == "spearman"].set_index(["scope", "predictor"])
     assert t.loc[("r", "task_kl"), "value"] == pytest.approx(1.0)
     assert t.loc[("r", "task_kl"), "ci_low"] == pytest.approx(1.0)
     assert t.loc[("r", "task_kl - rel_norm"), "verdict"] == "task_kl"
@@ -42,6 +43,27 @@ def test_kl_that_tracks_forgetting_beats_a_norm_that_does_not():
 def test_too_few_checkpoints_is_inconclusive_with_the_reason():
     ret, spec = _tables([0.1, 0.2, 0.3], [1, 2, 3], [0.7, 0.6, 0.5])
     t = razor_table(ret, spec, n_boot=50)
-    row = t[(t.scope == "r") & (t.predictor == "task_kl")].iloc[0]
+    row = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "spearman")].iloc[0]
     assert row.verdict == "inconclusive" and "rho needs 4" in row.note
     assert not (t.predictor == "task_kl - rel_norm").any()
+
+
+def test_r2_of_a_quadratic_fit_is_the_papers_statistic():
+    kl = np.linspace(0.0, 1.0, 8)[1:]
+    acc = 0.8 - (kl - 0.4) ** 2  # loss is an exact parabola in task KL: R^2 1, Spearman below 1
+    ret, spec = _tables(kl, np.linspace(1, 2, 7), acc)
+    t = razor_table(ret, spec, n_boot=100)
+    r2 = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "r2_quadratic")].iloc[0]
+    rho = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "spearman")].iloc[0]
+    assert r2.value == pytest.approx(1.0) and abs(rho.value) < 1.0
+    linear = np.polyfit(kl, acc, 1)  # a straight line explains less: the quadratic's R^2 is the better fit
+    assert 1 - np.sum((acc - np.polyval(linear, kl)) ** 2) / np.sum((acc - acc.mean()) ** 2) < r2.value
+
+
+def test_forward_kl_is_the_predictor_when_the_store_has_it():
+    ret, spec = _tables([0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4], [0.7, 0.6, 0.5, 0.4])
+    forward = ret[ret.probe == "kl_task"].assign(metric="kl_forward", value=lambda d: d.value * 10)
+    f = forgetting_frame(pd.concat([ret, forward]), spec).sort_values("step")
+    assert f["task_kl"].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0]) and set(f["task_kl_metric"]) == {"kl_forward"}
+    assert set(razor_table(pd.concat([ret, forward]), spec, n_boot=50)["task_kl_metric"]) == {"kl_forward"}
+    assert set(forgetting_frame(ret, spec)["task_kl_metric"]) == {"kl"}  # an older store: the reverse direction

@@ -496,8 +496,9 @@ def test_fast_path_writes_the_old_paths_table_with_less_work(runs_root, tmp_path
         tables[side] = df.sort_values(["run", "step", "probe", "metric"]).reset_index(drop=True)
         work[side] = dict(calls)
     slow, fast = tables["slow"], tables["fast"]
-    # 5 labelled checkpoints (lab-lora 0-2, lab-full 0-1) x 7 metrics (exact_match, acc, acc_norm, kl, ppl, nll, kl)
-    assert len(slow) == 5 * 7 and set(slow.step) == {0, 1, 2}
+    # 5 labelled checkpoints (lab-lora 0-2, lab-full 0-1) x 8 metrics (exact_match, acc, acc_norm, kl, ppl, nll, and
+    # the task probe's kl and kl_forward)
+    assert len(slow) == 5 * 8 and set(slow.step) == {0, 1, 2}
     pd.testing.assert_frame_equal(fast.drop(columns=["items", "path"]), slow.drop(columns=["items", "path"]),
                                   check_exact=True)
     lmeval = slow.probe.isin(["lab_facts_gen", "lab_facts_mc"])

@@ -56,8 +56,9 @@ def test_rule_k1_keeps_only_the_checkpoints_own_distribution(tmp_path):
 
 
 @torch.inference_mode()
-def _plain_task_kl(base_dir, adapter, rows) -> float:
-    """KL(ckpt || base) per completion token with plain transformers + peft, one completion at a time."""
+def _plain_task_kl(base_dir, adapter, rows, forward: bool = False) -> float:
+    """KL(ckpt || base) per completion token (forward: KL(base || ckpt)) with plain transformers + peft, one
+    completion at a time."""
     from peft import PeftModel
     from torch.distributions import Categorical, kl_divergence
     from transformers import AutoModelForCausalLM
@@ -70,7 +71,8 @@ def _plain_task_kl(base_dir, adapter, rows) -> float:
         ids = torch.tensor([prompt_ids + completion_ids])
         lp, lb = tuned(input_ids=ids).logits[0].double(), base(input_ids=ids).logits[0].double()
         pos = slice(len(prompt_ids) - 1, len(prompt_ids) + len(completion_ids) - 1)
-        total += float(kl_divergence(Categorical(logits=lp[pos]), Categorical(logits=lb[pos])).sum())
+        p, q = (lb, lp) if forward else (lp, lb)
+        total += float(kl_divergence(Categorical(logits=p[pos]), Categorical(logits=q[pos])).sum())
         tokens += len(completion_ids)
     return total / tokens
 
@@ -84,33 +86,44 @@ def test_task_kl_on_stored_eval_completions_equals_plain_transformers(runs_dir, 
     run_eval(runs, benchmarks=[str(bench)], n=2, temperature=1.0, max_tokens=6, seed=1, out=out, show=False)
     settings = RetentionSettings(batch_size=4, task_max_tokens=6)
     df = run_retention(runs, probes=[f"kl_task={bench}"], out=out, settings=settings)
-    rows = df[df.probe == "kl_task"].set_index("step")
-    assert set(rows["source"]) == {"eval:arith/" + pd.read_parquet(out / "samples.parquet")["sampling"].iloc[0]}
-    assert rows.loc[0, "value"] == 0.0  # the base's own completions
+    rows = df[(df.probe == "kl_task") & (df.metric == "kl")].set_index("step")
+    fwd = df[(df.probe == "kl_task") & (df.metric == "kl_forward")].set_index("step")
+    label = pd.read_parquet(out / "samples.parquet")["sampling"].iloc[0]
+    assert set(rows["source"]) == set(fwd["source"]) == {f"eval:arith/{label}"}
+    assert rows.loc[0, "value"] == 0.0 and fwd.loc[0, "value"] == 0.0  # the base against itself
 
-    # the same number from the stored text, tokenized as the generator does, scored by plain transformers + peft
+    # the same numbers from the stored text, tokenized as the generator does, scored by plain transformers + peft:
+    # kl on the checkpoint's own completions, kl_forward (RL's Razor's direction) on the base's
+    from tina_probe.benchmarks import load_benchmark
+
     tok = load_tokenizer(str(tiny_base))
     samples = pd.read_parquet(out / "samples.parquet")
     adapter = runs_dir / "lab-lora" / "checkpoint-20"
-    mine = samples[samples.checkpoint == str(adapter)].sort_values(["problem_id", "sample_idx"])
-    prompt_of = {f"a{i}": f for i, f in enumerate(PROMPTS)}
-    plain_rows = []
-    for r in mine.itertuples():
-        from tina_probe.benchmarks import load_benchmark
+    problems = {p.id: p for p in load_benchmark(str(bench)).problems}
 
-        problem = {p.id: p for p in load_benchmark(str(bench)).problems}[r.problem_id]
-        assert problem.question == prompt_of[r.problem_id]
-        text, special = render_prompt(tok, problem.prompt)
-        ids = tok(text, add_special_tokens=special)["input_ids"]
-        comp = tok(r.completion, add_special_tokens=False)["input_ids"] + ([] if r.truncated else [tok.eos_token_id])
-        if comp:
-            plain_rows.append((ids, comp))
-    assert rows.loc[20, "value"] == pytest.approx(_plain_task_kl(tiny_base, adapter, plain_rows), rel=1e-4)
-    assert rows.loc[20, "value"] > 1e-4  # the adapter moved the policy: a non-trivial match
-    assert rows.loc[20, "ci_low"] <= rows.loc[20, "value"] <= rows.loc[20, "ci_high"]
+    def token_rows(checkpoint):
+        mine = samples[samples.checkpoint == str(checkpoint)].drop_duplicates(["problem_id", "sample_idx"])
+        out_rows = []
+        for r in mine.sort_values(["problem_id", "sample_idx"]).itertuples():
+            text, special = render_prompt(tok, problems[r.problem_id].prompt)
+            ids = tok(text, add_special_tokens=special)["input_ids"]
+            comp = tok(r.completion, add_special_tokens=False)["input_ids"] + ([] if r.truncated else
+                                                                                [tok.eos_token_id])
+            if comp:
+                out_rows.append((ids, comp))
+        return out_rows
+
+    assert rows.loc[20, "value"] == pytest.approx(_plain_task_kl(tiny_base, adapter, token_rows(adapter)), rel=1e-4)
+    assert fwd.loc[20, "value"] == pytest.approx(
+        _plain_task_kl(tiny_base, adapter, token_rows(tiny_base), forward=True), rel=1e-4)
+    for got in (rows, fwd):
+        assert got.loc[20, "value"] > 1e-4  # the adapter moved the policy: a non-trivial match
+        assert got.loc[20, "ci_low"] <= got.loc[20, "value"] <= got.loc[20, "ci_high"]
 
     # K1: an eval at temperature 0.7 is not the checkpoint's distribution: the probe samples (a new store)
     other = tmp_path / "res07"
     run_eval(runs, benchmarks=[str(bench)], n=2, temperature=0.7, max_tokens=6, seed=1, out=other, show=False)
     df07 = run_retention(runs, probes=[f"kl_task={bench}"], out=other, settings=settings)
-    assert set(df07["source"]) == {"sampled"}
+    assert set(df07[df07.probe == "kl_task"]["source"]) == {"sampled"}
+    sampled = df07[(df07.metric == "kl_forward")].set_index("step")
+    assert sampled.loc[0, "value"] == 0.0 and sampled.loc[20, "value"] > 1e-4  # sampled from the base here

@@ -312,3 +312,19 @@ def dynamics_curves(train: pd.DataFrame, changes: pd.DataFrame, transition: floa
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")
     return fig
+
+
+def razor_scatter(frame: pd.DataFrame) -> Figure:
+    """RL's Razor: each retention metric's loss vs the base against the task KL, one point per checkpoint."""
+    whats = sorted(frame["what"].unique())
+    fig, axes = _new(width=3.4 * min(3, len(whats)), height=3.0 * ((len(whats) + 2) // 3),
+                     nrows=(len(whats) + 2) // 3, ncols=min(3, len(whats)))
+    for ax, what in zip(axes.flat, whats):
+        part = frame[frame["what"] == what]
+        sns.scatterplot(part, x="task_kl", y="loss", hue="run", style="kind", ax=ax)
+        ax.set_title(what, fontsize=9)
+        ax.set_xlabel(f"task KL ({part['task_kl_metric'].iloc[0]})")
+        ax.set_ylabel("loss vs base")
+    for ax in list(axes.flat)[len(whats):]:
+        ax.set_visible(False)
+    return fig

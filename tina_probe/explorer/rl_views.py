@@ -87,7 +87,15 @@ def razor_section() -> None:
     if not rz.ok:
         st.info("No `razor` table: it needs retention rows at several checkpoints, then `tina-probe dynamics`.")
         return
-    st.caption("rho: Spearman of the predictor with the metric's loss vs the base over a run's checkpoints (and all "
-               "runs pooled); 'task_kl - rel_norm': which predicts forgetting better (rules Z1-Z4 in "
-               "analysis/razor.py).")
+    st.caption("Spearman's rho (statistic 'spearman') and the paper's R^2 of a quadratic fit ('r2_quadratic') of "
+               "the metric's loss vs the base on the predictor, over a run's checkpoints and all runs pooled; "
+               "'task_kl - rel_norm': which predicts forgetting better (rules Z1-Z5 in analysis/razor.py). Task KL "
+               "is the column task_kl_metric: kl_forward = KL(base || checkpoint), the paper's direction.")
     ui.show_table(rz.df, "razor")
+    points = tables.load_table(ui.context().store, "razor_points")
+    if points.ok:
+        frame = points.df.dropna(subset=["task_kl", "loss"])
+        if not frame.empty:
+            frame = frame.assign(what=frame["probe"] + "/" + frame["metric"])
+            ui.show_figure("razor", "Task KL vs each retention loss, one point per checkpoint", "razor_scatter",
+                           frame)
