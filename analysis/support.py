@@ -11,8 +11,9 @@ Rules, stated once:
   E / (P + E) (net discovery), NSCR = (E - S) / (P + E + S) (net support change). Undefined ratios (0 / 0) are null.
 - S3 CIs: percentile bootstrap over problems (the flows of one problem move together).
 - S4 answer entropy. Per problem and checkpoint, the Shannon entropy (nats) of the distribution of its distinct
-  final answers (whitespace-normalised extracted answers; samples with no answer left out). It can fall while the
-  token entropy TRL logs during training (`entropy` in training_log) rises.
+  final answers (whitespace-normalised extracted answers), samples with no answer counted as one more class, "NA",
+  as the paper does ("incomplete outputs counted as NA"); n_distinct counts the answers, NA not included. It can
+  fall while the token entropy TRL logs during training (`entropy` in training_log) rises.
 """
 from __future__ import annotations
 
@@ -98,13 +99,18 @@ def support_table(samples: pd.DataFrame, gradings: dict[str, str], *, min_correc
     return pd.DataFrame(rows, columns=SUPPORT_COLUMNS)
 
 
+NA = ("NA",)  # the class of samples with no answer (a tuple: never equal to a normalised answer string)
+
+
 def answer_entropy(answers) -> tuple[int, int, float]:
-    """(answered, distinct, entropy in nats) of one problem's final answers (rule S4; None / blank left out)."""
-    keys = [k for k in (_normalise(a) for a in answers) if k is not None]
+    """(answered, distinct answers, entropy in nats) of one problem's final answers (rule S4: no answer is the NA
+    class); nan entropy for no samples."""
+    keys = [_normalise(a) for a in answers]
     if not keys:
         return 0, 0, np.nan
-    counts = pd.Series(keys).value_counts().to_numpy()
-    return len(keys), len(counts), float(stats.entropy(counts))
+    answered = [k for k in keys if k is not None]
+    counts = pd.Series([NA if k is None else k for k in keys]).value_counts().to_numpy()
+    return len(answered), len(set(answered)), float(stats.entropy(counts))
 
 
 def answer_entropy_table(samples: pd.DataFrame) -> pd.DataFrame:
@@ -113,16 +119,19 @@ def answer_entropy_table(samples: pd.DataFrame) -> pd.DataFrame:
     if "extracted_answer" not in samples.columns:
         return pd.DataFrame(columns=ENTROPY_COLUMNS)
     keys = ["run", "step", "kind", "benchmark", "sampling", "problem_id"]
-    df = samples[keys].assign(_a=[_normalise(a) for a in samples["extracted_answer"]])
+    answers = [_normalise(a) for a in samples["extracted_answer"]]
+    df = samples[keys].assign(_a=["\x00NA" if a is None else a for a in answers],  # rule S4: the NA class
+                              _answered=[a is not None for a in answers])
     n = df.groupby(keys, dropna=False, sort=True).size().rename("n")
-    counts = df.dropna(subset=["_a"]).groupby([*keys, "_a"], dropna=False).size().rename("c").reset_index()
+    counts = df.groupby([*keys, "_a"], dropna=False).agg(c=("_answered", "size"), answered=("_answered", "first"))
+    counts = counts.reset_index()
     tot = counts.groupby(keys, dropna=False)["c"].transform("sum")
     counts["h"] = -(counts["c"] / tot) * np.log(counts["c"] / tot)
-    agg = counts.groupby(keys, dropna=False).agg(n_answered=("c", "sum"), n_distinct=("c", "size"),
+    counts["c_answered"] = counts["c"].where(counts["answered"], 0)
+    agg = counts.groupby(keys, dropna=False).agg(n_answered=("c_answered", "sum"), n_distinct=("answered", "sum"),
                                                 answer_entropy=("h", "sum"))
     out = pd.concat([n, agg], axis=1).reset_index()
     out["n_answered"] = out["n_answered"].fillna(0).astype(int)
     out["n_distinct"] = out["n_distinct"].fillna(0).astype(int)
-    out.loc[out["n_answered"] == 0, "answer_entropy"] = np.nan
     out["answer_entropy"] = out["answer_entropy"] + 0.0  # -0.0 -> 0.0
     return out[ENTROPY_COLUMNS]

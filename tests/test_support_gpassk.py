@@ -86,9 +86,13 @@ def test_flow_counts_and_rates():
 
 def test_answer_entropy():
     assert answer_entropy(["4", "4", " 4 ", "4"]) == (4, 1, 0.0)
-    answered, distinct, h = answer_entropy(["1", "2", None, ""])
-    assert (answered, distinct) == (2, 2) and h == pytest.approx(math.log(2))
-    assert np.isnan(answer_entropy([None, None])[2])
+    answered, distinct, h = answer_entropy(["1", "2", None, ""])  # NA counts as one class (2 of 4 samples)
+    assert (answered, distinct) == (2, 2) and h == pytest.approx(-2 * 0.25 * math.log(0.25) - 0.5 * math.log(0.5))
+    assert answer_entropy([None, None]) == (0, 0, 0.0)  # all NA: one class
+    assert np.isnan(answer_entropy([])[2])
     rows = [("r", 0, "p1", [1, 0, 0, 0], ["1", "2", "3", "4"]), ("r", 5, "p1", [1, 1, 1, 1], ["1"] * 4)]
     t = answer_entropy_table(_samples(rows)).set_index("step")
     assert t.loc[0, "answer_entropy"] == pytest.approx(math.log(4)) and t.loc[5, "answer_entropy"] == 0.0
+    mixed = answer_entropy_table(_samples([("r", 0, "p1", [1, 0, 0, 0], ["1", "2", None, ""])])).iloc[0]
+    assert (mixed.n_answered, mixed.n_distinct) == (2, 2)  # the table and the pure function agree
+    assert mixed.answer_entropy == pytest.approx(answer_entropy(["1", "2", None, ""])[2])
