@@ -7,7 +7,7 @@ GPU     ?= 0
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo validate test test-fast bench app clean-results browser-deps real-base demo-real
+.PHONY: setup demo validate test test-fast bench app clean-results browser-deps real-base demo-real gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -51,6 +51,29 @@ test-fast: setup
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; OMP_NUM_THREADS=1 $(BIN)/python $$f || exit 1; done
+
+# The prepared GPU check (benchmarks/gpu_check.py; README "GPU check"). No `setup`: the GPU machine has no network,
+# so it runs with .venv's python where there is one, else $(PY); modules it lacks come from wheels/ (make gpu-wheels).
+# Without CUDA it prints one line and exits 0. GPU_CHECK_ARGS=--real adds the real base; --device cpu tests the check.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PY)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# wheels/ (git-ignored) for a bare GPU machine: what the check's steps import that such a machine lacks, without
+# their dependencies; pure Python, plus xxhash and multiprocess for each of GPU_PYTHONS. ~4.4 MB. pyarrow (55 MB per
+# Python version) does not fit beside the repository: a machine without it SKIPs the train, eval, spectra and
+# retention steps, naming pyarrow.
+GPU_WHEELS      := trl==1.16.0 datasets==5.2.0 dill==0.4.1 math-verify==0.9.0 latex2sympy2_extended==1.11.0 \
+                   antlr4-python3-runtime==4.13.2
+GPU_WHEELS_BIN  := xxhash==4.1.0 multiprocess==0.70.19
+GPU_PYTHONS     ?= 3.10 3.11 3.12 3.13
+GPU_PIP          = $$(test -x $(BIN)/pip && echo $(BIN)/pip || echo $(PY) -m pip)
+gpu-wheels:
+	$(GPU_PIP) download -q --no-deps -d wheels $(GPU_WHEELS)
+	@for v in $(GPU_PYTHONS); do $(GPU_PIP) download -q --no-deps --only-binary=:all: --python-version $$v \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+	    -d wheels $(GPU_WHEELS_BIN) || exit 1; done
+	@du -sh wheels
 
 app: setup
 	$(BIN)/tina-probe app
