@@ -206,6 +206,7 @@ def sampled_task_rows(models: ProbeModels, path: Path, *, limit: int | None, set
     from transformers import GenerationConfig
 
     memo_key = ("base_task_rows", str(Path(path).resolve()), limit, settings)
+    from_base = from_base or _policy_is_reference(models)  # the base's own samples either way: drawn once
     if from_base and memo_key in models.memo:
         return models.memo[memo_key]
     tok = models.tokenizer
