@@ -253,7 +253,8 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
     base's completions, RL's Razor's E_x[KL(pi_0 || pi)]. `stored`: those completions as `eval` stored them
     (analysis/task_completions.py, rules K1-K5); None: sampled here, `task_samples` per prompt."""
     if stored is not None:
-        rows, prompt_lens, clusters = completion_rows(models.tokenizer, stored, render_prompt)
+        rows, prompt_lens, clusters = completion_rows(models.tokenizer, stored, render_prompt,
+                                                      cap=settings.task_max_tokens)
     else:
         rows, prompt_lens, clusters = sampled_task_rows(models, path, limit=limit, settings=settings,
                                                         from_base=forward)

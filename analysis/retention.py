@@ -390,7 +390,9 @@ def _plan(runs, shard: tuple[int, int] | None = None) -> list[tuple[str, list[li
         plan.append((base, ordered))
     if shard is None:
         return plan
-    mine = {id(g) for g in round_robin([g for _, groups in plan for g in groups], shard)}
+    # dealt from one order, whatever the order of --ckpts: by base, then the order above
+    dealt = sorted(((base, i, g) for base, groups in plan for i, g in enumerate(groups)), key=lambda t: (t[0], t[1]))
+    mine = {id(g) for _, _, g in round_robin(dealt, shard)}
     return [(base, kept) for base, groups in plan if (kept := [g for g in groups if id(g) in mine])]
 
 
@@ -420,8 +422,8 @@ def _resumed(store: Store, key: str, cks: list[Checkpoint], probe: str) -> bool:
 class _StoredTaskCompletions:
     """Each checkpoint's eval completions for a task-KL probe, from the store's samples table read once."""
 
-    def __init__(self, store: Store, limit: int | None):
-        self.samples = read_eval_samples(store)
+    def __init__(self, store: Store, limit: int | None, checkpoints: list[str]):
+        self.samples = read_eval_samples(store, checkpoints)
         self.limit = limit
         self.benchmarks: dict = {}
         self.prompts: dict = {}
@@ -455,7 +457,8 @@ def run_retention(ckpt_paths: list[str], probes: list[str] | None = None, out: P
         plan = _plan(runs, shard)
         total = sum(len(groups) for _, groups in plan) * len(checked)
         models = ProbeModels(settings.device)
-        reuse = _StoredTaskCompletions(store, limit) if any(p.family == "kl_task" for p in checked) else None
+        paths = [str(c.path) for r in runs for c in r.checkpoints]
+        reuse = _StoredTaskCompletions(store, limit, paths) if any(p.family == "kl_task" for p in checked) else None
         base_paths = {r.name: str(c.path) for r in runs for c in r.checkpoints if c.kind == "base"}
         with tqdm(total=total, desc="retention", unit="probe") as bar:
             for _base, groups in plan:

@@ -635,7 +635,7 @@ def run_spectra(ckpt_paths: list[str], out: Path, top: int = 64, *, intruders: b
     pair_rank = _paired_rank(runs)
     todo = [(run, [c for c in run.checkpoints if c.kind != "base" and int(c.step) != 0]) for run in runs]
     everything = [(run.name, int(c.step)) for run, cks in todo for c in sorted(cks, key=lambda c: int(c.step))]
-    mine = set(block(everything, shard))
+    mine = set(block(sorted(everything), shard))  # sorted: every shard deals the same list, whatever --ckpts' order
     with tqdm(total=len(mine), desc="spectra", unit="ckpt") as bar:
         for run, ckpts in todo:
             prev, prev_ckpt = None, None

@@ -12,8 +12,13 @@ such y already. Rules for reusing them (each function names the rule it applies)
   K4 of several fitting samplings, the one with the most samples per problem, then the longest completions.
   K5 otherwise the probe samples its own completions (distribution_probes.task_kl); the table's `source` column says which:
      `eval:<benchmark>/<sampling label>` or `sampled`.
+  K6 a reused completion is scored on its first `cap` tokens at most (the probe's task_max_tokens, the sampled path's
+     own cap), so both paths measure the same thing and a 32k-token reasoning trace never needs its whole logits.
 Completions are stored as text: they are tokenized again (the EOS appended where the sample was not cut off), so a
-reused completion's tokens can differ from the sampled ones where a tokenizer does not round-trip its own output."""
+reused completion's tokens can differ from the sampled ones where a tokenizer does not round-trip its own output, or
+where the generator decoded with skip_special_tokens and dropped one inside it; completion_rows logs how many
+lengths differ from the stored n_tokens. K2 also requires the stored gold answers to equal the benchmark's, so that a
+file that merely shares a benchmark's name is not taken for it."""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from tina_probe.store import Store, stable_key
 log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["checkpoint", "benchmark", "sampling", "problem_id", "sample_idx", "completion", "truncated",
-                  "temperature", "top_p", "max_tokens", "n_samples"]
+                  "temperature", "top_p", "max_tokens", "n_samples", "answer", "n_tokens"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class TaskCompletions:
     texts: tuple[str, ...]
     ended: tuple[bool, ...]  # True: the model ended it (its EOS is scored too); False: cut off at max_tokens
     problems: tuple[str, ...]
+    n_tokens: tuple[int, ...] = ()  # as the generator counted them (EOS included): a check on re-tokenization
 
     @property
     def fingerprint(self) -> str:
@@ -48,20 +54,22 @@ class TaskCompletions:
         return stable_key("task-completions", self.source, self.prompts, self.texts, self.ended)
 
 
-def read_eval_samples(store: Store) -> pd.DataFrame:
-    """The store's samples rows that rule K1 admits (empty when the store has none)."""
+def read_eval_samples(store: Store, checkpoints: list[str] | None = None) -> pd.DataFrame:
+    """The store's samples rows that rule K1 admits, of the given checkpoints only (read filtered: a store of long
+    completions need not fit in memory whole); empty when the store has none."""
     path = store.table_path("samples")
     if not path.is_file():
         return pd.DataFrame(columns=SAMPLE_COLUMNS)
     import pyarrow.parquet as pq
 
-    from tina_probe.store import read_parquet_file
-
     have = set(pq.read_schema(path).names)
     if not set(SAMPLE_COLUMNS) <= have:
         return pd.DataFrame(columns=SAMPLE_COLUMNS)
-    df = read_parquet_file(path, columns=SAMPLE_COLUMNS)
-    return df[(df["temperature"] == 1.0) & (df["top_p"] == 1.0)]  # K1
+    filters = [("temperature", "==", 1.0), ("top_p", "==", 1.0)]  # K1
+    if checkpoints is not None:
+        filters.append(("checkpoint", "in", sorted(set(map(str, checkpoints)))))
+    with open(path, "rb") as fh:  # one handle (store.read_parquet_file): never a table replaced halfway
+        return pq.read_table(fh, columns=SAMPLE_COLUMNS, filters=filters).to_pandas()
 
 
 def _benchmark_problems(name: str, cache: dict, probe_file: Path | None = None):
@@ -99,6 +107,9 @@ def stored_completions(samples: pd.DataFrame, checkpoint: str, prompts: list[str
         rows = rows[rows["problem_id"].astype(str).isin(wanted)]
         if rows["problem_id"].astype(str).nunique() < len(wanted):  # K3
             continue
+        gold = {str(q.id): str(q.answer) for q in head}
+        if any(str(a) != gold[str(i)] for i, a in zip(rows["problem_id"], rows["answer"])):  # K2: the same problems
+            continue
         n = int(rows.groupby("problem_id").size().min())
         fits.append((n, int(rows["max_tokens"].max()), str(bench), str(sampling), rows, head))
     if not fits:
@@ -111,25 +122,36 @@ def stored_completions(samples: pd.DataFrame, checkpoint: str, prompts: list[str
     return TaskCompletions(
         source=f"eval:{bench}/{sampling}", prompts=tuple(prompt_of[i] for i in ids),
         texts=tuple(str(t) for t in rows["completion"]), ended=tuple(not bool(t) for t in rows["truncated"]),
-        problems=tuple(ids))
+        problems=tuple(ids), n_tokens=tuple(int(n) for n in rows["n_tokens"]))
 
 
-def completion_rows(tokenizer, stored: TaskCompletions, render) -> tuple[list[list[int]], list[int], list[str]]:
+def completion_rows(tokenizer, stored: TaskCompletions, render, cap: int
+                    ) -> tuple[list[list[int]], list[int], list[str]]:
     """(token rows prompt + completion, prompt lengths, cluster per row) of stored completions, tokenized as the
-    generator tokenizes a rendered prompt; `render(tokenizer, prompt)` -> (text, add_special_tokens)."""
+    generator tokenizes a rendered prompt, each completion cut to `cap` tokens (rule K6);
+    `render(tokenizer, prompt)` -> (text, add_special_tokens)."""
     eos = tokenizer.eos_token_id
-    rows, prompt_lens, clusters = [], [], []
-    for prompt, text, ended, problem in zip(stored.prompts, stored.texts, stored.ended, stored.problems):
-        rendered, add_special = render(tokenizer, prompt)
-        p_ids = tokenizer(rendered, add_special_tokens=add_special, verbose=False)["input_ids"]
+    rows, prompt_lens, clusters, differ = [], [], [], 0
+    counted = stored.n_tokens or (None,) * len(stored.texts)
+    rendered_of: dict = {}
+    for prompt, text, ended, problem, n in zip(stored.prompts, stored.texts, stored.ended, stored.problems, counted):
+        if prompt not in rendered_of:
+            rendered, add_special = render(tokenizer, prompt)
+            rendered_of[prompt] = tokenizer(rendered, add_special_tokens=add_special, verbose=False)["input_ids"]
+        p_ids = rendered_of[prompt]
         c_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if ended and eos is not None:
             c_ids = [*c_ids, int(eos)]
+        differ += n is not None and len(c_ids) != n
+        c_ids = c_ids[:cap]
         if not c_ids:
             continue
         rows.append([*p_ids, *c_ids])
         prompt_lens.append(len(p_ids))
         clusters.append(problem)
+    if differ:
+        log.warning("task KL (%s): %d of %d stored completions re-tokenize to another length than generated",
+                    stored.source, differ, len(stored.texts))
     return rows, prompt_lens, clusters
 
 

@@ -56,8 +56,16 @@ def test_r2_of_a_quadratic_fit_is_the_papers_statistic():
     r2 = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "r2_quadratic")].iloc[0]
     rho = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "spearman")].iloc[0]
     assert r2.value == pytest.approx(1.0) and abs(rho.value) < 1.0
-    linear = np.polyfit(kl, acc, 1)  # a straight line explains less: the quadratic's R^2 is the better fit
-    assert 1 - np.sum((acc - np.polyval(linear, kl)) ** 2) / np.sum((acc - acc.mean()) ** 2) < r2.value
+    # with noise: the R^2 of statsmodels' least squares on (1, x, x^2)
+    import statsmodels.api as sm
+
+    noisy = acc + np.random.default_rng(3).normal(0, 0.02, len(acc))
+    ret, spec = _tables(kl, np.linspace(1, 2, 7), noisy)
+    t = razor_table(ret, spec, n_boot=100)
+    got = t[(t.scope == "r") & (t.predictor == "task_kl") & (t.statistic == "r2_quadratic")].iloc[0]
+    loss = 0.8 - noisy  # the loss razor fits: the base's accuracy minus the checkpoint's
+    want = sm.OLS(loss, np.column_stack([np.ones_like(kl), kl, kl**2])).fit().rsquared
+    assert got.value == pytest.approx(want, rel=1e-9) and got.value < 1.0
 
 
 def test_forward_kl_is_the_predictor_when_the_store_has_it():

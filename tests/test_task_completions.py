@@ -27,7 +27,8 @@ def _samples(ckpt="ck", bench="b", sampling="n2", n=2, problems=3, temperature=1
              run="r"):
     return pd.DataFrame([{"run": run, "checkpoint": ckpt, "benchmark": bench, "sampling": sampling,
                           "problem_id": f"p{i}", "sample_idx": j, "completion": f"c{i}{j}", "truncated": j == 1,
-                          "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n_samples": n}
+                          "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n_samples": n,
+                          "answer": "0", "n_tokens": 3}
                          for i in range(problems) for j in range(n)])
 
 
@@ -45,6 +46,8 @@ def test_rules_k2_to_k4_pick_fitting_samples():
     shared = pd.concat([_samples(run="a"), _samples(run="b")])  # a base stored once per run
     assert len(stored_completions(shared, "ck", PROMPTS, dict(cache)).texts) == 6
     assert stored_completions(_samples(), "ck", PROMPTS, {"b": None}) is None  # benchmark not loadable here
+    other_golds = _samples().assign(answer="7")  # K2: same questions, other problems (a file that shares a name)
+    assert stored_completions(other_golds, "ck", PROMPTS, dict(cache)) is None
 
 
 def test_rule_k1_keeps_only_the_checkpoints_own_distribution(tmp_path):
@@ -53,6 +56,7 @@ def test_rule_k1_keeps_only_the_checkpoints_own_distribution(tmp_path):
     store.write("samples", pd.concat([_samples(), _samples(sampling="t07", temperature=0.7),
                                       _samples(sampling="p09", top_p=0.9)]))
     assert set(read_eval_samples(store)["sampling"]) == {"n2"}
+    assert read_eval_samples(store, ["elsewhere"]).empty and len(read_eval_samples(store, ["ck"])) == 6
 
 
 @torch.inference_mode()
@@ -127,3 +131,21 @@ def test_task_kl_on_stored_eval_completions_equals_plain_transformers(runs_dir, 
     assert set(df07[df07.probe == "kl_task"]["source"]) == {"sampled"}
     sampled = df07[(df07.metric == "kl_forward")].set_index("step")
     assert sampled.loc[0, "value"] == 0.0 and sampled.loc[20, "value"] > 1e-4  # sampled from the base here
+
+
+def test_completion_rows_cap_eos_and_length_check(tiny_base, caplog):
+    from analysis.task_completions import TaskCompletions, completion_rows
+
+    tok = load_tokenizer(str(tiny_base))
+    long_text, short_text = "1+2=3. 3+4=7. 5+6=11.", "3"
+    n_long = len(tok(long_text, add_special_tokens=False)["input_ids"])
+    n_short = len(tok(short_text, add_special_tokens=False)["input_ids"])
+    stored = TaskCompletions(source="eval:b/x", prompts=("Solve: 1+2=?",) * 2, texts=(long_text, short_text),
+                             ended=(True, True), problems=("p0", "p1"), n_tokens=(n_long + 1, n_short + 5))
+    cap = n_long - 2
+    with caplog.at_level("WARNING"):
+        rows, prompt_lens, clusters = completion_rows(tok, stored, render_prompt, cap=cap)
+    assert clusters == ["p0", "p1"] and prompt_lens[0] == prompt_lens[1]
+    assert len(rows[0]) - prompt_lens[0] == cap  # K6: cut at the cap, so its EOS is not scored
+    assert rows[1][-1] == tok.eos_token_id and len(rows[1]) - prompt_lens[1] == n_short + 1  # ended: EOS scored
+    assert "1 of 2 stored completions re-tokenize to another length" in caplog.text  # the second's n_tokens is off

@@ -90,7 +90,7 @@ def shard_units(units: Sequence[Unit], shard: tuple[int, int] | None) -> list[Un
     i, total = shard
     if not (0 <= i < total):
         raise TinaError(f"shard {i}/{total}: expected 0 <= i < N")
-    mine = set(round_robin(list(dict.fromkeys(u.gen_key for u in units)), shard))  # shards.py rule S2
+    mine = set(round_robin(sorted({u.gen_key for u in units}), shard))  # rule S2, one order whatever --ckpts' order
     return [u for u in units if u.gen_key in mine]
 
 

@@ -136,7 +136,8 @@ class Store:
         Parts need no lock (each is one atomic write). Consolidating does: a process that read the parts, then
         replaced the table after another process wrote a newer part and its own table, would put back a table
         without that part. Under the lock the last consolidation reads every part written before it started.
-        flock is advisory and local: on a network filesystem without flock support, consolidate from one node."""
+        flock is advisory and local: on a network filesystem without flock support, consolidate from one node.
+        Do not fork while holding it: the child would inherit the open lock and could release it."""
         path = str((self.root / LOCK_FILE).resolve())
         if fcntl is None:
             yield
