@@ -25,7 +25,10 @@ def _old_spectra_key(ckpt, prev, settings):
 
 def _old_retention_key(ck, probe, limit, settings):
     files = weights_identity(ck.path), weights_identity(ck.base) if ck.kind == "lora" else None
-    return f"{probe.name}-{stable_key('retention', str(ck.path), ck.kind, probe.key, limit, asdict(settings), files)}"
+    fields = ["retention", str(ck.path), ck.kind, probe.key, limit, asdict(settings), files]
+    if probe.family == "kl_task":  # changed on purpose when the task probe gained kl_forward: recomputed once
+        fields.append(["kl+kl_forward", "sampled", "sampled"])
+    return f"{probe.name}-{stable_key(*fields)}"
 
 
 def _checkpoints(runs_dir):
