@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from tina_probe.errors import TinaError
-from tina_probe.store import Store, stable_key
+from tina_probe.store import Store, read_parquet_file, stable_key
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ def read_eval_samples(store: Store, checkpoints: list[str] | None = None) -> pd.
     filters = [("temperature", "==", 1.0), ("top_p", "==", 1.0)]  # K1
     if checkpoints is not None:
         filters.append(("checkpoint", "in", sorted(set(map(str, checkpoints)))))
-    with open(path, "rb") as fh:  # one handle (store.read_parquet_file): never a table replaced halfway
-        return pq.read_table(fh, columns=SAMPLE_COLUMNS, filters=filters).to_pandas()
+    return read_parquet_file(path, columns=SAMPLE_COLUMNS, filters=filters)
 
 
 def _benchmark_problems(name: str, cache: dict, probe_file: Path | None = None):

@@ -96,12 +96,12 @@ def atomic_write_parquet(path: Path | str, df: pd.DataFrame) -> Path:
     return _atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def read_parquet_file(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+def read_parquet_file(path: Path | str, columns: list[str] | None = None, filters: list | None = None) -> pd.DataFrame:
     """Read a parquet file through one open handle. pyarrow given a path may open it more than once (footer, then
     pages); a table replaced in between (os.replace by a concurrent writer) would then be read torn. One handle
-    keeps reading the file as it was when opened."""
+    keeps reading the file as it was when opened. `filters`: pyarrow row filters, applied while reading."""
     with open(path, "rb") as fh:
-        return pd.read_parquet(fh, columns=columns)
+        return pd.read_parquet(fh, columns=columns, filters=filters)
 
 
 def safe_key(key: str) -> str:
