@@ -202,3 +202,25 @@ def calibrate(scenarios=SCENARIOS, sizes=SIZES, replicates: int = 50, *, phase_r
                          "wrong": t["wrong"] / replicates, "right": t["right"] / replicates,
                          "inconclusive": t["inconclusive"] / replicates})
     return pd.DataFrame(rows)
+
+
+def knowledge_power_bound(level: float = 0.6, n_items: int = 120, *, rules: VerdictRules = VerdictRules(),
+                          replicates: int = 4000, seed: int = 0) -> dict[str, float]:
+    """What the retention probe's size allows: the power of rule R7's test and of an oracle z test that knows the
+    true standard error of the paired change, on `_retention`'s items (no planted change, only the per-checkpoint
+    flips). No level-alpha test of the same items does much better than the oracle, so its power caps knowledge_kept
+    and with it the overall verdict (R9 needs every part at once). Monte Carlo, `replicates` base/checkpoint pairs."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(replicates):
+        r = _retention("sim", [0, 1], 2, (level, level), n_items, rng)
+        diffs.append(np.asarray(r["items"].iloc[1]) - np.asarray(r["items"].iloc[0]))
+    d = np.asarray(diffs)
+    harm = -d.mean(axis=1)
+    se = d.std(axis=1, ddof=1) / math.sqrt(n_items)
+    true_se = float(d.std()) / math.sqrt(n_items)
+    z = special.ndtri(1 - rules.alpha)
+    m = rules.retention_margin
+    ours = np.where(se > 0, harm + z * np.where(se > 0, se, 1) < m, True)  # no item changed: CP bound, inside m
+    return {"n_items": n_items, "true_harm": float(harm.mean()), "true_se": true_se,
+            "power_rule": float(ours.mean()), "power_oracle": float(np.mean(harm + z * true_se < m))}

@@ -31,8 +31,9 @@ R4 gain        gain_decomposition: Shapley split of the strict gain S1 - S0 = F1
                and the detail says so. D = format part - `share_threshold` x gain, bootstrap over problems:
                supported when the gain's CI and D's CI lie above 0, not supported when the gain's CI lies above 0
                and D's below (correctness carries the gain); otherwise inconclusive. No share is ever forced.
-R5 strict      strict_gain: paired t test of per-problem strict accuracy, best vs base: supported when the CI lies
-               above 0, not supported when it lies below `accuracy_margin` (no gain worth the name).
+R5 strict      strict_gain: paired t test of per-problem strict accuracy, best vs base: supported when the
+               two-sided (1 - alpha) CI lies above 0 (a gain is claimed two-sided, by convention: wrong in alpha / 2
+               of series with no gain), not supported when it lies below `accuracy_margin` (no gain worth the name).
 R6 task kept   lenient_kept: per-problem lenient accuracy best vs base, paired: supported (nothing lost) when the
                non-inferiority test (H0: change <= -margin) rejects at alpha; not supported when the (1 - 2 alpha)
                CI lies wholly below -margin; a rise is never a loss. The detail adds the two-sided paired test and

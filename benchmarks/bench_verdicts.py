@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.calibration import LAB_VALIDATION, SCENARIOS, SIZES, calibrate  # noqa: E402
+from analysis.calibration import LAB_VALIDATION, SCENARIOS, SIZES, calibrate, knowledge_power_bound  # noqa: E402
 
 WRONG_GOAL, POWER_GOAL = 0.05, 0.80
 
@@ -99,6 +99,11 @@ def report(df: pd.DataFrame, reps: int, took: float) -> None:
           f"{'met' if weak.empty else 'MISSED in ' + str(len(weak)) + ' of ' + str(len(lab)) + ' cells'}")
     for r in weak.itertuples():
         print(f"  below: {r.scenario} / {r.claim}: {100 * r.right:.0f}% right, {100 * r.inconclusive:.0f}% inconclusive")
+    b = knowledge_power_bound(n_items=LAB_VALIDATION.retention_items)
+    print(f"what the probe allows: knowledge_kept at {b['n_items']} items (no loss planted; true harm "
+          f"{b['true_harm']:.3f}, true SE {b['true_se']:.4f}): rule R7 {100 * b['power_rule']:.0f}%, an oracle z test "
+          f"that knows the SE {100 * b['power_oracle']:.0f}%; the overall verdict needs every part, so it cannot "
+          f"reach more")
 
 
 if __name__ == "__main__":

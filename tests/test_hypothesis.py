@@ -313,3 +313,26 @@ def test_one_sampling_prefers_the_label_that_holds_the_test_split():
     df = pd.DataFrame({"run": "r", "step": [0, 3, 0, 3], "benchmark": ["x-probe", "x-probe", "x-test", "x-test"],
                        "sampling": ["n=2 T=1", "n=2 T=1", "n=4 T=1", "n=4 T=1"]})
     assert set(one_sampling(df, "r")["benchmark"]) == {"x-test"}
+
+
+def test_strict_gain_claims_a_gain_on_the_two_sided_95_percent_ci():
+    """Rule R5: the CI is scipy's two-sided (1 - alpha) paired-t interval, so a gain whose one-sided p lies between
+    alpha / 2 and alpha (significant one-sided at 5%, not two-sided) is not claimed."""
+    from scipy import stats as st
+
+    from analysis.claims_gain import strict_gain_claim
+    rng = np.random.default_rng(5)
+    idx = [f"p{i:04d}" for i in range(40)]
+    seen = set()
+    for shift in np.linspace(0.0, 0.3, 31):
+        s0 = rng.random(40).round(1)
+        s1 = np.clip(s0 + shift + rng.normal(0, 0.3, 40), 0, 1).round(2)
+        base = pd.DataFrame({"wf": 1.0, "strict": s0, "lenient": s0, "n": 4}, index=idx)
+        best = pd.DataFrame({"wf": 1.0, "strict": s1, "lenient": s1, "n": 4}, index=idx)
+        row = strict_gain_claim("r", base, best)
+        ci = st.ttest_rel(s1, s0).confidence_interval(0.95)
+        assert (row.ci_low, row.ci_high) == pytest.approx((ci.low, ci.high))
+        assert (row.verdict == "supported") == (ci.low > 0)
+        assert "95% CI" in row.detail
+        seen.add(row.verdict)
+    assert {"supported", "not supported"} <= seen  # both sides of the rule were exercised
