@@ -22,9 +22,13 @@ Rules, stated once:
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+log = logging.getLogger(__name__)
 
 MIN_POINTS = 4
 N_BOOT = 1000
@@ -42,6 +46,12 @@ def forgetting_frame(retention: pd.DataFrame, spectra: pd.DataFrame | None,
     on_task = r[r.probe.isin(task_probes)]
     metric_used = "kl_forward" if (on_task.metric == "kl_forward").any() else "kl"
     task = on_task[on_task.metric == metric_used].groupby(["run", "step"])["value"].mean()
+    older = sorted(set(zip(on_task["run"], on_task["step"])) - set(task.index))
+    older = [(run, step) for run, step in older if step > 0]
+    if older:  # a store that mixes task-KL rows from before kl_forward with newer ones: say who is left out (Z1)
+        log.warning("razor: %d checkpoint(s) have the task KL only as `kl` (rows from before `kl_forward`) and are "
+                    "left out of the fit; rerun `tina-probe retention` on them: %s", len(older),
+                    ", ".join(f"{run}@{step}" for run, step in older[:6]) + (" ..." if len(older) > 6 else ""))
     rest = r[~r.probe.isin(task_probes)]
     base = rest[rest.step == 0].groupby(["run", "probe", "metric"])["value"].first()
     rows = []

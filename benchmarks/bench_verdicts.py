@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the tidy table (parquet or csv)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", type=Path, default=None, help="print a table saved with --out instead of simulating")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the lab validation's size as the README's markdown table, then the goal checks")
     args = ap.parse_args(argv)
     logging.getLogger("analysis").setLevel(logging.ERROR)  # "too short" per 4-checkpoint series: expected here
     if args.table is not None:
@@ -56,8 +58,33 @@ def main(argv=None) -> int:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             (df.to_parquet if args.out.suffix == ".parquet" else df.to_csv)(args.out)
+    if args.markdown:
+        print(markdown_table(df))
     report(df, reps, took)
     return 0
+
+
+CLAIMS = ("format_first", "gain_decomposition", "strict_gain", "lenient_kept", "knowledge_kept", "format_adaptation")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """The README's table: per scenario at the lab validation's size (or the scenario's own checkpoint count), each
+    claim's truth and wrong / right percent, and the largest wrong share over all sizes with where it was."""
+    truth = {"supported": "S", "not supported": "N", "neither": "-"}
+    lines = ["| scenario (truth per claim: S / N / - neither) | " + " | ".join(CLAIMS[:-1]) + " | **overall** | "
+             "max wrong, all sizes |", "|" + "---|" * (len(CLAIMS) + 2)]
+    for name, g in df.groupby("scenario", sort=False):
+        at = g[g["size"] == LAB_VALIDATION.label]
+        if at.empty:  # a scenario with its own checkpoint count: the lab validation's problems and samples
+            at = g[(g["problems"] == LAB_VALIDATION.problems) & (g["samples"] == LAB_VALIDATION.samples)]
+            name = f"{name} ({at['size'].iloc[0]})"
+        cells = at.set_index("claim")
+        row = [f"{truth[cells.loc[c, 'truth']]}: {100 * cells.loc[c, 'wrong']:.0f} / {100 * cells.loc[c, 'right']:.0f}"
+               for c in CLAIMS]
+        worst = g.loc[g["wrong"].idxmax()]
+        where = f" ({worst['claim']}, {worst['size']})" if worst["wrong"] > 0 else ""
+        lines.append(f"| {name} | " + " | ".join(row) + f" | {100 * worst['wrong']:.0f}%{where} |")
+    return "\n".join(lines)
 
 
 def significantly_over(df: pd.DataFrame, goal: float = WRONG_GOAL, alpha: float = 0.05) -> pd.DataFrame:

@@ -75,3 +75,14 @@ def test_forward_kl_is_the_predictor_when_the_store_has_it():
     assert f["task_kl"].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0]) and set(f["task_kl_metric"]) == {"kl_forward"}
     assert set(razor_table(pd.concat([ret, forward]), spec, n_boot=50)["task_kl_metric"]) == {"kl_forward"}
     assert set(forgetting_frame(ret, spec)["task_kl_metric"]) == {"kl"}  # an older store: the reverse direction
+
+
+def test_checkpoints_without_the_forward_kl_are_named_when_left_out(caplog):
+    """A store mixing old task-KL rows (`kl` only) with new ones (`kl_forward`): the old checkpoints drop out of
+    the fit (they lack the predictor), and a warning names them rather than dropping them silently."""
+    ret, spec = _tables([0.1, 0.2, 0.3, 0.4, 0.5], [1, 2, 3, 4, 5], [0.7, 0.6, 0.5, 0.4, 0.3])
+    forward = ret[(ret.probe == "kl_task") & (ret.step.isin([0, 1, 2, 3]))].assign(metric="kl_forward")
+    with caplog.at_level("WARNING", logger="analysis.razor"):
+        f = forgetting_frame(pd.concat([ret, forward]), spec)
+    assert f.dropna(subset=["task_kl"])["step"].tolist() == [1, 2, 3]
+    assert "2 checkpoint(s)" in caplog.text and "r@4, r@5" in caplog.text and "r@3" not in caplog.text
