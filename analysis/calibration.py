@@ -224,3 +224,26 @@ def knowledge_power_bound(level: float = 0.6, n_items: int = 120, *, rules: Verd
     ours = np.where(se > 0, harm + z * np.where(se > 0, se, 1) < m, True)  # no item changed: CP bound, inside m
     return {"n_items": n_items, "true_harm": float(harm.mean()), "true_se": true_se,
             "power_rule": float(ours.mean()), "power_oracle": float(np.mean(harm + z * true_se < m))}
+
+
+def lenient_power_bound(scenario: Scenario, size: Size = LAB_VALIDATION, *, rules: VerdictRules = VerdictRules(),
+                        replicates: int = 300, seed: int = 0) -> dict[str, float]:
+    """What the task's problems allow for lenient_kept (rule R6): an oracle z test of the per-problem lenient change
+    base -> last checkpoint on the test split that knows its true mean's standard error (measured over `replicates`
+    simulated series of `scenario`), deciding toward the scenario's truth (supported: lower bound above -margin;
+    not supported: upper bound below -margin). R6 cannot beat it by much on the same problems."""
+    changes = []
+    for r in range(replicates):
+        s = simulate_series(scenario, size, seed + 1000 * r)["samples"]
+        s = s[s["benchmark"] == "sim-test"]
+        last = s["step"].max()
+        per = s[s["step"].isin([0, last])].groupby(["step", "problem_id"])["correct_lenient"].mean().unstack(0)
+        changes.append(float((per[last] - per[0]).mean()))
+    d = np.asarray(changes)
+    se = float(d.std(ddof=1))
+    z = special.ndtri(1 - rules.alpha)
+    m = rules.accuracy_margin
+    supported = scenario.truth.get("lenient_kept") == S
+    right = d - z * se > -m if supported else d + z * se < -m
+    return {"scenario": scenario.name, "truth": "S" if supported else "N", "true_change": float(d.mean()),
+            "true_se": se, "power_oracle": float(right.mean())}

@@ -7,7 +7,8 @@ from scipy import stats
 
 import math
 
-from analysis.calibration import CALIBRATED, LAB_VALIDATION, SCENARIOS, calibrate, knowledge_power_bound
+from analysis.calibration import (CALIBRATED, LAB_VALIDATION, SCENARIOS, calibrate, knowledge_power_bound,
+                                  lenient_power_bound)
 from analysis.rules import VerdictRules
 
 pytestmark = pytest.mark.slow
@@ -49,3 +50,16 @@ def test_knowledge_power_bound_matches_the_normal_power_formula():
     assert abs(b["power_oracle"] - closed) < 3 * math.sqrt(closed * (1 - closed) / reps)
     lab = knowledge_power_bound(n_items=120, replicates=1000, seed=4)
     assert 0.5 < lab["power_rule"] < lab["power_oracle"] + 0.05
+
+
+def test_lenient_power_bound_matches_the_normal_power_formula():
+    """The oracle for rule R6 on simulated series: its Monte Carlo power equals Phi(|change + margin| / se - z) for
+    the change and SE it measured, within 3 Monte Carlo SEs, for a truth of each kind; the planted change is found."""
+    rules = VerdictRules()
+    z = stats.norm.ppf(1 - rules.alpha)
+    by_name = {sc.name: sc for sc in SCENARIOS}
+    for name, change in (("lenient accuracy falls", -0.20), ("retention falls", 0.0)):
+        b = lenient_power_bound(by_name[name], replicates=200, seed=5)
+        assert abs(b["true_change"] - change) < 0.03
+        closed = stats.norm.cdf(abs(b["true_change"] + rules.accuracy_margin) / b["true_se"] - z)
+        assert abs(b["power_oracle"] - closed) < 3 * math.sqrt(closed * (1 - closed) / 200) + 0.02
