@@ -109,7 +109,8 @@ def strict_gain_claim(run: str, base: pd.DataFrame, best: pd.DataFrame,
     base, best = paired(base, best)
     ch = paired_change(base["strict"], best["strict"], rules.accuracy_margin, rules.alpha / 2)
     detail = (f"strict accuracy {fmt(float(base['strict'].mean()))} -> {fmt(float(best['strict'].mean()))} "
-              f"(change {fmt(ch.diff)}, {100 * (1 - rules.alpha):.0f}% CI [{fmt(ch.ci_low)}, {fmt(ch.ci_high)}], paired t p {fmt(ch.p_two_sided, 4)}, "
+              f"(change {fmt(ch.diff)}, {100 * (1 - rules.alpha):.0f}% CI [{fmt(ch.ci_low)}, {fmt(ch.ci_high)}], "
+              f"paired t p {fmt(ch.p_two_sided, 4)}, "
               f"{ch.n} problems)")
     if not ch.testable:
         verdict, detail = "inconclusive", detail + "; too few problems or no variation: no test"

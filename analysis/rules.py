@@ -78,7 +78,7 @@ class PhaseRules:
 class VerdictRules:
     """Verdict thresholds (rules R0-R9 above)."""
 
-    alpha: float = 0.05  # level of every test
+    alpha: float = 0.05  # level of every test (one-sided; R5 claims a gain two-sided, alpha / 2 a side)
     accuracy_margin: float = 0.10  # task accuracy: TOST / non-inferiority margin, absolute (R3, R5, R6)
     min_rise: float = 0.10  # the smallest format-rate rise that counts as a format transition (R3)
     share_threshold: float = 0.5  # the format part must carry more than this share of the strict gain (R4)
