@@ -102,7 +102,7 @@ def retention_changes(retention: pd.DataFrame, run: str, step: int) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _one(ch: dict, rules: VerdictRules) -> dict:
+def metric_test(ch: dict, rules: VerdictRules) -> dict:
     """One metric's test: harm = the change in the harmful direction (relative for perplexity); p_kept: one-sided
     H0 harm >= margin; p_lost: H0 harm <= margin; the (1 - 2 alpha) CI of harm."""
     sign, margin, scale = metric_rule(ch["metric"], rules)
@@ -131,7 +131,7 @@ def knowledge_claims(run: str, changes: pd.DataFrame, rules: VerdictRules = Verd
     lies wholly beyond the margin; otherwise inconclusive. ppl is shown, not tested, when the same probe has nll."""
     if changes.empty:
         return []
-    tests = [(ch, _one(ch, rules)) for ch in changes.to_dict("records")]
+    tests = [(ch, metric_test(ch, rules)) for ch in changes.to_dict("records")]
     with_nll = {ch["probe"] for ch, _ in tests if ch["metric"].lower().startswith("nll")}
 
     def shown_only(ch, t) -> str:

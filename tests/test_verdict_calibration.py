@@ -2,10 +2,10 @@
 size; the share of wrong firm verdicts per scenario and claim must stay within what a 5% rate allows for this many
 replicates (the 99th percentile of Binomial(R, 0.05)), and clear effects must be found."""
 
+import math
+
 import pytest
 from scipy import stats
-
-import math
 
 from analysis.calibration import (CALIBRATED, LAB_VALIDATION, SCENARIOS, calibrate, knowledge_power_bound,
                                   lenient_power_bound)

@@ -189,7 +189,8 @@ def phase(runs: List[str] = typer.Option(..., "--runs"), more: Optional[List[str
 @app.command()
 @user_errors
 def hypothesis(out: Path = OUT,
-               alpha: float = typer.Option(_RULES.alpha, help="level of every test (one-sided; R5 claims a gain on the two-sided 1 - alpha CI)"),
+               alpha: float = typer.Option(_RULES.alpha, help="level of every test (one-sided; R5 claims a gain on "
+                                           "the two-sided 1 - alpha CI)"),
                accuracy_margin: float = typer.Option(_RULES.accuracy_margin, help="task accuracy equivalence / "
                                                      "non-inferiority margin, absolute (R3, R5, R6)"),
                min_rise: float = typer.Option(_RULES.min_rise, help="smallest format-rate rise that counts (R3)"),
