@@ -101,8 +101,8 @@ def read_parquet_file(path: Path | str, columns: list[str] | None = None, filter
     pages); a table replaced in between (os.replace by a concurrent writer) would then be read torn. One handle
     keeps reading the file as it was when opened. `filters`: pyarrow row filters, applied while reading. The handle is
     Arrow's own (pa.OSFile), not a Python file: with a Python file, Arrow's reader threads call back into Python, and
-    about 1 process in 30 then aborted at exit ("terminate called without an active exception", pyarrow 26.0.1,
-    apache/arrow#34314); measured here 0 of 150 with OSFile, 4 of 150 with open()."""
+    1 process in 10-40 then aborted at exit ("terminate called without an active exception", pyarrow 26.0.1,
+    apache/arrow#34314); measured here: 0 of 150 with OSFile, 4 of 150 with open() (a minimal script)."""
     import pyarrow as pa  # here, not at import: most commands never read a table
 
     with pa.OSFile(str(path), "rb") as fh:
