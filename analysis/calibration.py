@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from analysis.claim import paired, per_problem
 from analysis.claims_kept import metric_test, retention_changes
 from analysis.hypothesis import hypothesis_tables
 from analysis.phase import detect_phases, eval_curves
@@ -237,9 +238,8 @@ def lenient_power_bound(scenario: Scenario, size: Size = LAB_VALIDATION, *, rule
     for r in range(replicates):
         s = simulate_series(scenario, size, seed + 1000 * r)["samples"]
         s = s[s["benchmark"] == "sim-test"]
-        last = s["step"].max()
-        per = s[s["step"].isin([0, last])].groupby(["step", "problem_id"])["correct_lenient"].mean().unstack(0)
-        changes.append(float((per[last] - per[0]).mean()))
+        base, last = paired(per_problem(s, "sim", 0), per_problem(s, "sim", int(s["step"].max())))
+        changes.append(float((last["lenient"] - base["lenient"]).mean()))
     d = np.asarray(changes)
     se = float(d.std(ddof=1))
     z = special.ndtri(1 - rules.alpha)
