@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.calibration import (LAB_VALIDATION, SCENARIOS, SIZES, calibrate, knowledge_power_bound,  # noqa: E402
-                                  lenient_power_bound)
+from analysis.calibration import (CALIBRATED, LAB_VALIDATION, SCENARIOS, SIZES, calibrate,  # noqa: E402
+                                  knowledge_power_bound, lenient_power_bound)
 
 WRONG_GOAL, POWER_GOAL = 0.05, 0.80
 
@@ -65,15 +65,12 @@ def main(argv=None) -> int:
     return 0
 
 
-CLAIMS = ("format_first", "gain_decomposition", "strict_gain", "lenient_kept", "knowledge_kept", "format_adaptation")
-
-
 def markdown_table(df: pd.DataFrame) -> str:
     """The README's table: per scenario at the lab validation's size (or the scenario's own checkpoint count), each
     claim's truth and wrong / right percent, and the largest wrong share over all sizes with where it was."""
     truth = {"supported": "S", "not supported": "N", "neither": "-"}
-    lines = ["| scenario (truth per claim: S / N / - neither) | " + " | ".join(CLAIMS[:-1]) + " | **overall** | "
-             "max wrong, all sizes |", "|" + "---|" * (len(CLAIMS) + 2)]
+    lines = ["| scenario (truth per claim: S / N / - neither) | " + " | ".join(CALIBRATED[:-1]) + " | **overall** | "
+             "max wrong, all sizes |", "|" + "---|" * (len(CALIBRATED) + 2)]
     for name, g in df.groupby("scenario", sort=False):
         at = g[g["size"] == LAB_VALIDATION.label]
         if at.empty:  # a scenario with its own checkpoint count: the lab validation's problems and samples
@@ -81,7 +78,7 @@ def markdown_table(df: pd.DataFrame) -> str:
             name = f"{name} ({at['size'].iloc[0]})"
         cells = at.set_index("claim")
         row = [f"{truth[cells.loc[c, 'truth']]}: {100 * cells.loc[c, 'wrong']:.0f} / {100 * cells.loc[c, 'right']:.0f}"
-               for c in CLAIMS]
+               for c in CALIBRATED]
         worst = g.loc[g["wrong"].idxmax()]
         where = f" ({worst['claim']}, {worst['size']})" if worst["wrong"] > 0 else ""
         lines.append(f"| {name} | " + " | ".join(row) + f" | {100 * worst['wrong']:.0f}%{where} |")
