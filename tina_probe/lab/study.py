@@ -1,24 +1,21 @@
 """`tina-probe lab`: the whole LoRA vs full-FT study on the shipped model organism, resumable end to end.
 
 The core never imports `train/` or `analysis/`, so the study drives those steps through the `tina-probe`
-command line in subprocesses (which also lets two training runs share the two cores side by side);
-evaluation, which is core, runs in process. Every step skips what the store or the runs folder already hold.
+command line in subprocesses, which also lets two training runs share the two cores side by side, and eval, spectra
+and retention run as `--shard` processes side by side (lab/workers.py). Every step skips what the store or the runs
+folder already hold.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from tqdm.auto import tqdm
-
 from tina_probe.console import print_table
 from tina_probe.errors import TinaError
+from tina_probe.lab.workers import Child, cli, run_children, shard_children
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "train" / "recipes"
@@ -34,7 +31,9 @@ class StudyPlan:
     name_suffix: str = ""
     eval_n: int = 4
     eval_limit: int | None = None
-    parallel: int = 2
+    parallel: int = 2  # training runs side by side, the cores split between them
+    shards: int = 2  # eval, spectra and retention as this many `--shard` processes side by side, one thread each
+    #                  (1: one process on every core)
     probes: tuple[str, ...] = ("lab_facts_gen", "lab_facts_mc", "kl_general", "ppl_general", "kl_task")
     probe_limit: int | None = 64
     spectra: bool = True
@@ -86,28 +85,18 @@ REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real", "kl_task_real")
 REAL = StudyPlan(
     recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=30", "grpo.save_steps=3"),
     eval_n=4, eval_limit=16, probes=REAL_PROBES, probe_limit=24, max_tokens=64, retention_at="best",
-    spectra_intruders=False, geometry_at="last",
+    spectra_intruders=False, geometry_at="last", shards=1,
 )
 # --quick: one GRPO step of 2 prompts x 4 samples per run, a few problems, spectra without intruders (which need an
 # SVD of every updated matrix: ~35 s per checkpoint here); a smoke test of every step, not a result.
 REAL_QUICK = StudyPlan(
     recipes=("real-lora", "real-full"), overrides=("grpo.max_steps=1", "grpo.save_steps=1", "grpo.prompts_per_step=2"),
     name_suffix="-quick", eval_n=2, eval_limit=6,
-    probes=REAL_PROBES, probe_limit=8, max_tokens=64, retention_at="best", spectra_intruders=False,
+    probes=REAL_PROBES, probe_limit=8, max_tokens=64, retention_at="best", spectra_intruders=False, shards=1,
 )
 PLANS = {"full": FULL, "quick": QUICK, "validate": VALIDATE, "real": REAL, "real-quick": REAL_QUICK}
 # default folders under results/ and runs/ (an explicit --out / --runs is used as given)
 SUBFOLDER = {"full": "", "quick": "quick", "validate": "validate", "real": "real", "real-quick": "real-quick"}
-
-
-def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
-    """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    out = open(log, "w") if log else None
-    # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs in
-    # the user's folder like the command that started it.
-    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env,
-                            stdout=out or None, stderr=subprocess.STDOUT if out else None)
 
 
 def run_cli(*args: str, threads: int = 2) -> None:
@@ -201,52 +190,30 @@ def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list
     """Train each job in a `tina-probe train` subprocess, `parallel` at a time (the cores split between them);
     skip finished runs; a failed run stops the rest with its log's last lines."""
     runs_root.mkdir(parents=True, exist_ok=True)
-    todo, run_dirs = [], []
+    children, run_dirs = [], []
     for job in jobs:
         run_dir = runs_root / job.name
         run_dirs.append(run_dir)
         if _done(run_dir, job.max_steps):
             console.print(f"[green]✓[/] {job.name}: already trained")
-        else:
-            todo.append((job, run_dir))
-    if not todo:
-        return run_dirs
-    threads = max(1, (os.cpu_count() or 2) // parallel)
-    bars: dict[str, tqdm] = {}
-    active: dict[str, tuple[subprocess.Popen, Path]] = {}
-    try:
-        pending = list(todo)
-        while pending or active:
-            while pending and len(active) < parallel:
-                job, run_dir = pending.pop(0)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                args = ["train", "--recipe", str(RECIPES / f"{job.recipe}.yaml"), "--out", str(runs_root),
-                        "--set", f"name={job.name}"]
-                for o in job.overrides:
-                    args += ["--set", o]
-                bars[job.name] = tqdm(total=job.max_steps, desc=f"train {job.name}", unit="step",
-                                      position=len(bars), leave=True, dynamic_ncols=True)
-                active[job.name] = (cli(*args, threads=threads, log=run_dir / "train.log"), run_dir)
-            time.sleep(2)
-            for name, (proc, run_dir) in list(active.items()):
-                bar = bars[name]
-                done = _latest_step(run_dir) - bar.n
-                if done > 0:  # only real progress redraws (in a log file every redraw is a new line)
-                    bar.update(done)
-                if proc.poll() is not None:
-                    del active[name]
-                    if proc.returncode != 0:
-                        tail = (run_dir / "train.log").read_text().splitlines()[-3:]
-                        raise TinaError(f"{run_dir / 'train.log'}: training {name} failed: {' | '.join(tail)}")
-                    bar.update(bar.total - bar.n)
-    finally:
-        from tina_probe.children import stop
-
-        for proc, _ in active.values():  # an interrupted study ends its training children too
-            stop(proc)
-        for bar in bars.values():
-            bar.close()
+            continue
+        args = ["train", "--recipe", str(RECIPES / f"{job.recipe}.yaml"), "--out", str(runs_root),
+                "--set", f"name={job.name}"]
+        for o in job.overrides:
+            args += ["--set", o]
+        children.append(Child(f"train {job.name}", tuple(args), run_dir / "train.log", total=job.max_steps,
+                              progress=lambda d=run_dir, t=job.max_steps: (_latest_step(d), t)))
+    run_children(children, parallel)
     return run_dirs
+
+
+def run_sharded(plan: StudyPlan, out: Path, stage: str, *args: str) -> None:
+    """`tina-probe STAGE ARGS` as plan.shards shards side by side, one thread each (logs under OUT/.logs/); each
+    shard consolidates every part present when it ends, so the last one leaves the tables whole."""
+    if plan.shards <= 1:
+        run_cli(stage, *args, "--out", str(out))
+        return
+    run_children(shard_children(stage, (*args, "--out", str(out)), out / ".logs", plan.shards), plan.shards)
 
 
 def summarize(out: Path, run_dirs: list[Path]) -> None:
@@ -346,8 +313,6 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     plan_name picks FULL, QUICK or VALIDATE (default: by `quick`); results go to OUT and the runs to RUNS (defaults
     in `study_folders`), relative paths taken from the current folder; eval_limit overrides the plan's number of
     problems."""
-    from tina_probe.evaluate import run_eval
-
     name = plan_name or ("quick" if quick else "full")
     plan = PLANS[name]
     if eval_limit is not None:
@@ -360,13 +325,16 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
     for dirs, benches, limit, n in eval_calls(plan, run_dirs):
-        run_eval(dirs, benchmarks=benches, n=n, temperature=1.0, max_tokens=plan.max_tokens, seed=0,
-                 out=out, limit=limit)
+        run_sharded(plan, out, "eval", "--ckpts", *dirs, "--benchmarks", ",".join(benches), "--n", str(n),
+                    "--temperature", "1.0", "--max-tokens", str(plan.max_tokens), "--seed", "0",
+                    *(("--limit", str(limit)) if limit is not None else ()))
     ckpts = [str(d) for d in run_dirs]
     if plan.spectra:
         console.rule("update spectra")
-        run_cli("spectra", "--ckpts", *ckpts, "--out", str(out),
-                *(() if plan.spectra_intruders else ("--no-intruders",)))
+        no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
+        run_sharded(plan, out, "spectra", "--ckpts", *ckpts, *no_intruders)
+        if plan.shards > 1:  # nothing left to compute: consolidates and writes the cross-run update_overlap
+            run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *no_intruders)
         last = [str(d / f"checkpoint-{_latest_step(d)}") for d in run_dirs if _latest_step(d) > 0]
         if not plan.spectra_intruders and plan.geometry_at == "last" and last:
             console.rule("intruders and Path-Not-Taken geometry at each run's last checkpoint")
@@ -375,8 +343,8 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     run_cli("phase", "--runs", *ckpts, "--out", str(out))
     console.rule("retention probes")
     probed = best_checkpoints(out, run_dirs) if plan.retention_at == "best" else ckpts
-    run_cli("retention", "--ckpts", *probed, "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit),
-            "--out", str(out))
+    run_sharded(plan, out, "retention", "--ckpts", *probed, "--probes", ",".join(plan.probes),
+                "--limit", str(plan.probe_limit))
     console.rule("series dynamics, hypothesis, report")
     run_cli("dynamics", "--out", str(out))
     run_cli("hypothesis", "--out", str(out))

@@ -1,0 +1,84 @@
+"""The lab's child runner (tina_probe/lab/workers.py): progress read from each child's own tqdm line, N at a time,
+a failure named with its log and the other children stopped."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tina_probe.errors import TinaError
+from tina_probe.lab import workers
+from tina_probe.lab.study import FULL, REAL, QUICK, VALIDATE
+from tina_probe.lab.workers import Child, log_progress, run_children, shard_children
+
+
+def test_log_progress_reads_the_last_tqdm_count(tmp_path):
+    log = tmp_path / "x.log"
+    assert log_progress(log) is None  # not written yet
+    log.write_text("loading\n")
+    assert log_progress(log) is None  # no bar yet
+    log.write_bytes(b"eval units:   0%|  | 0/110 [00:00<?]\reval units:  5%|  | 6/110 [00:09<02:40]\r"
+                    b"eval units:  10%|  | 11/110 [00:17<02:30]")
+    assert log_progress(log) == (11, 110)
+
+
+def test_shard_children_cover_every_shard_with_their_own_log(tmp_path):
+    kids = shard_children("retention", ("--ckpts", "a", "b", "--out", "o"), tmp_path, 3)
+    assert [k.args[-2:] for k in kids] == [("--shard", "0/3"), ("--shard", "1/3"), ("--shard", "2/3")]
+    assert all(k.args[:6] == ("retention", "--ckpts", "a", "b", "--out", "o") for k in kids)
+    assert len({k.log for k in kids}) == 3
+
+
+def test_lab_plans_shard_and_the_real_ones_do_not():
+    assert FULL.shards == QUICK.shards == VALIDATE.shards == 2
+    assert REAL.shards == 1  # the real study keeps one process on every core: its numbers were taken that way
+
+
+def _fake_cli(script: dict[str, str], started: list):
+    """A stand-in for workers.cli that runs a Python snippet per command instead of `tina-probe`."""
+    def launch(*args, threads=2, log=None):
+        started.append((args, threads, time.monotonic()))
+        out = open(log, "w")
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        return subprocess.Popen([sys.executable, "-c", script[args[0]]], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    return launch
+
+
+def test_children_run_n_at_a_time_on_their_share_of_the_cores(tmp_path, monkeypatch):
+    ok = ("import os, sys, time\n"
+          "for i in range(4):\n"
+          "    sys.stderr.write(f'\\rwork: {i}/4 [00:00]'); sys.stderr.flush(); time.sleep(0.3)\n"
+          "open('done-' + os.environ['OMP_NUM_THREADS'], 'a').close()\n")
+    started: list = []
+    monkeypatch.setattr(workers, "cli", _fake_cli({"a": ok}, started))
+    monkeypatch.setattr(workers, "POLL_S", 0.05)
+    monkeypatch.chdir(tmp_path)
+    kids = [Child(f"a{i}", ("a", str(i)), tmp_path / f"a{i}.log") for i in range(3)]
+    run_children(kids, parallel=2, threads=1)
+    assert len(started) == 3 and all(threads == 1 for _, threads, _ in started)
+    assert started[2][2] - started[0][2] >= 0.5  # the third waited for a slot
+    assert (tmp_path / "done-1").exists()
+    assert all(log_progress(k.log) == (3, 4) for k in kids)
+
+
+def test_a_failed_child_is_named_with_its_log_and_stops_the_others(tmp_path, monkeypatch):
+    pid_file = tmp_path / "slow.pid"
+    slow = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    bad = "import sys, time\ntime.sleep(1)\nprint('loading')\nprint('bad.parquet: not a table')\nsys.exit(3)\n"
+    started: list = []
+    monkeypatch.setattr(workers, "cli", _fake_cli({"slow": slow, "bad": bad}, started))
+    monkeypatch.setattr(workers, "POLL_S", 0.05)
+    kids = [Child("slow", ("slow",), tmp_path / "slow.log"), Child("bad", ("bad",), tmp_path / "bad.log")]
+    with pytest.raises(TinaError) as err:
+        run_children(kids, parallel=2)
+    msg = str(err.value)
+    assert str(tmp_path / "bad.log") in msg and "exit 3" in msg and "bad.parquet: not a table" in msg
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped and reaped: no such process any more
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)

@@ -1,0 +1,106 @@
+"""`tina-probe` children run a few at a time, each on its share of the cores, with one progress bar each: the study's
+training runs, and its eval, spectra and retention split into `--shard i/N` processes.
+
+Why processes: at the lab's shapes a second torch thread buys little (per-op overhead, not arithmetic, is the cost),
+while two one-thread processes keep both cores busy. Each child writes to its own log; a failed child stops the rest
+and is named with its log's last lines."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from tina_probe.errors import TinaError
+
+POLL_S = 2.0
+_TQDM_COUNT = re.compile(rb"(\d+)/(\d+) \[")  # tqdm's "n/total [" in a child's log
+
+
+def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
+    """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    out = open(log, "w") if log else None
+    # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs in
+    # the user's folder like the command that started it.
+    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env,
+                            stdout=out or None, stderr=subprocess.STDOUT if out else None)
+
+
+def log_progress(log: Path) -> tuple[int, int] | None:
+    """(done, total) of the last tqdm bar a child wrote to its log; None before its first bar."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.path.getsize(log) - 4096))
+            hits = _TQDM_COUNT.findall(f.read())
+    except OSError:
+        return None
+    return (int(hits[-1][0]), int(hits[-1][1])) if hits else None
+
+
+@dataclass(frozen=True)
+class Child:
+    """One `tina-probe` command of a batch: its bar's label, arguments and log; `progress` gives (done, total) so far
+    (default: read from the child's own tqdm line in its log)."""
+
+    label: str
+    args: tuple[str, ...]
+    log: Path
+    total: int | None = None
+    progress: Callable[[], tuple[int, int] | None] | None = None
+
+    def done(self) -> tuple[int, int] | None:
+        return self.progress() if self.progress is not None else log_progress(self.log)
+
+
+def shard_children(stage: str, args: Sequence[str], logs: Path, shards: int) -> list[Child]:
+    """`tina-probe STAGE ARGS --shard i/N` for every i < N (rules S1-S3 of tina_probe/shards.py split the work)."""
+    return [Child(f"{stage} {i + 1}/{shards}", (stage, *args, "--shard", f"{i}/{shards}"),
+                  logs / f"{stage}-{i}of{shards}.log") for i in range(shards)]
+
+
+def run_children(children: Sequence[Child], parallel: int, threads: int | None = None) -> None:
+    """Run every child to its end, `parallel` at a time with `threads` each (default: the cores split between them);
+    the first failure stops the others and raises with the failed child's log tail."""
+    from tina_probe.children import stop
+
+    threads = threads or max(1, (os.cpu_count() or 2) // max(1, parallel))
+    pending, active = list(children), {}
+    bars: dict[str, tqdm] = {}
+    try:
+        while pending or active:
+            while pending and len(active) < parallel:
+                child = pending.pop(0)
+                child.log.parent.mkdir(parents=True, exist_ok=True)
+                bars[child.label] = tqdm(total=child.total, desc=child.label, position=len(bars), leave=True,
+                                         dynamic_ncols=True)
+                active[child.label] = (child, cli(*child.args, threads=threads, log=child.log))
+            time.sleep(POLL_S)
+            for label, (child, proc) in list(active.items()):
+                bar, seen = bars[label], child.done()
+                if seen is not None:
+                    if bar.total != seen[1]:
+                        bar.total = seen[1]
+                        bar.refresh()
+                    if seen[0] > bar.n:  # only real progress redraws (in a log file every redraw is a new line)
+                        bar.update(seen[0] - bar.n)
+                if proc.poll() is None:
+                    continue
+                del active[label]
+                if proc.returncode != 0:
+                    tail = child.log.read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
+                    raise TinaError(f"{child.log}: tina-probe {child.args[0]} ({label}) failed (exit "
+                                    f"{proc.returncode}): {' | '.join(tail)}; rerun to resume")
+                if bar.total:
+                    bar.update(bar.total - bar.n)
+    finally:
+        for _, proc in active.values():  # an interrupted study ends its children too
+            stop(proc)
+        for bar in bars.values():
+            bar.close()
