@@ -207,13 +207,18 @@ def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list
     return run_dirs
 
 
-def run_sharded(plan: StudyPlan, out: Path, stage: str, *args: str) -> None:
-    """`tina-probe STAGE ARGS` as plan.shards shards side by side, one thread each (logs under OUT/.logs/); each
-    shard consolidates every part present when it ends, so the last one leaves the tables whole."""
+def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str) -> list[Child]:
+    """`tina-probe STAGE ARGS --out OUT` as plan.shards `--shard` processes (one when plan.shards is 1), logs under
+    OUT/.logs/. Each shard consolidates every part present when it ends, so the last one leaves the tables whole."""
+    args = (*args, "--out", str(out))
     if plan.shards <= 1:
-        run_cli(stage, *args, "--out", str(out))
-        return
-    run_children(shard_children(stage, (*args, "--out", str(out)), out / ".logs", plan.shards), plan.shards)
+        return [Child(stage, (stage, *args), out / ".logs" / f"{stage}.log")]
+    return shard_children(stage, args, out / ".logs", plan.shards)
+
+
+def run_sharded(plan: StudyPlan, out: Path, stage: str, *args: str) -> None:
+    """One stage's children (stage_children), plan.shards side by side."""
+    run_children(stage_children(plan, out, stage, *args), plan.shards)
 
 
 def summarize(out: Path, run_dirs: list[Path]) -> None:
@@ -329,22 +334,26 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
                     "--temperature", "1.0", "--max-tokens", str(plan.max_tokens), "--seed", "0",
                     *(("--limit", str(limit)) if limit is not None else ()))
     ckpts = [str(d) for d in run_dirs]
+    # Spectra, phase and (at every checkpoint) retention need only the checkpoints and the eval tables: one pool,
+    # plan.shards at a time, the longest first, so that no core waits for another stage's slowest shard.
+    no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
+    retention_args = ("--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit))
+    every = plan.retention_at != "best"
+    pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args) if every else []
+    pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *no_intruders) if plan.spectra else []
+    pool.append(Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log"))
+    console.rule(", ".join(["update spectra"] * plan.spectra + ["phase transitions"] + ["retention probes"] * every))
+    run_children(pool, plan.shards)
     if plan.spectra:
-        console.rule("update spectra")
-        no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
-        run_sharded(plan, out, "spectra", "--ckpts", *ckpts, *no_intruders)
         if plan.shards > 1:  # nothing left to compute: consolidates and writes the cross-run update_overlap
             run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *no_intruders)
         last = [str(d / f"checkpoint-{_latest_step(d)}") for d in run_dirs if _latest_step(d) > 0]
         if not plan.spectra_intruders and plan.geometry_at == "last" and last:
             console.rule("intruders and Path-Not-Taken geometry at each run's last checkpoint")
             run_cli("spectra", "--ckpts", *last, "--out", str(out))
-    console.rule("phase transitions")
-    run_cli("phase", "--runs", *ckpts, "--out", str(out))
-    console.rule("retention probes")
-    probed = best_checkpoints(out, run_dirs) if plan.retention_at == "best" else ckpts
-    run_sharded(plan, out, "retention", "--ckpts", *probed, "--probes", ",".join(plan.probes),
-                "--limit", str(plan.probe_limit))
+    if not every:
+        console.rule("retention probes at each run's best checkpoint (as phase chose it) and its base")
+        run_sharded(plan, out, "retention", "--ckpts", *best_checkpoints(out, run_dirs), *retention_args)
     console.rule("series dynamics, hypothesis, report")
     run_cli("dynamics", "--out", str(out))
     run_cli("hypothesis", "--out", str(out))
