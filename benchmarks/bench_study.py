@@ -1,24 +1,26 @@
 """Benchmark: the lab study's stages, each against its floor on this machine, today's code beside the old paths.
 
 The stages (train, eval, spectra, phase, retention, dynamics, hypothesis) run at a small size, each with its wall and
-CPU seconds, the work it did and its floor; today's code and the code paths as they were before the speed work
-(TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval environment
-report per call and base forwards per checkpoint) side by side in one run, and the tables the two sides wrote compared
-cell for cell (same seeds: they must be identical).
+CPU seconds, the work it did and its floor; today's code and the code as it was before the speed work side by side in
+one run, and the tables the two sides wrote compared cell for cell (same seeds: they must be identical). "Before" is
+the old paths (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval
+environment report per call and base forwards per checkpoint) and the study's old way of running eval, spectra and
+retention: one process on both cores. Today's study runs them as two `--shard` processes side by side, one thread
+each (tina_probe/lab/workers.py), and so does the "after" side.
 
 The floor of a stage is the least time its arithmetic and weight reads can take here: FLOPs done / the matmul FLOP/s
-torch reaches on the same threads, and for decoding the weight bytes read per decoding step / the measured memory
+torch reaches on one thread, and for decoding the weight bytes read per decoding step / the measured memory
 bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-"); nor has
 retention yet: its table keeps no token counts (its units, checkpoints and lm-eval items scored are shown).
-Every stage runs `tina-probe` in a child process with OMP_NUM_THREADS=1 (the study's own setting for side-by-side
-runs); CPU seconds are the children's. On a shared machine the wall clock swings 2-10x: compare CPU seconds, and
-before/after only within one run.
+Every stage runs `tina-probe` in child processes as the study does: training runs two side by side with one thread
+each; phase, dynamics and hypothesis one process on every core; CPU seconds are the children's. Wall seconds are what
+the study waits for: on a shared machine they swing 2-10x, so compare before/after only within one run.
 
 Run: python benchmarks/bench_study.py [--quick | --real] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]
 (e.g. `--stages retention --probes lab_facts_gen,lab_facts_mc,kl_general,ppl_general,kl_task`: train, then retention
 with the whole study's probes). `--real`: the real study's recipes, splits and probes on SmolLM2-135M-Instruct (the
 cached real base, built by `tina-probe lab real-base`), at the size REAL below; its train stage is the real GRPO
-step against its floor."""
+step against its floor; the real study keeps one process per stage (its plan's shards=1), and so does the bench."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ import torch  # noqa: E402
 from tina_probe.runs import training_log  # noqa: E402
 from tina_probe.slow_paths import ENV as SLOW_ENV  # noqa: E402
 
-THREADS = 1
+THREADS = 1  # the floors' rate, and each side-by-side child's thread budget
+CORES = max(1, os.cpu_count() or 2)  # a stage run as one process gets every core (the study's run_cli)
 
 
 @dataclass(frozen=True)
@@ -144,23 +147,35 @@ def svd_flops(m: int, n: int) -> float:
 # ----------------------------------------------------------------------------- running a stage
 
 
-def cli(args: list[str], *, slow: bool, log: Path) -> bool:
-    """Run `tina-probe ARGS` in a child process with one thread (and the old paths when `slow`); True on success."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+def start(args: list[str], *, slow: bool, log: Path, threads: int = THREADS) -> subprocess.Popen:
+    """Start `tina-probe ARGS` in a child process with `threads` threads (and the old paths when `slow`)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop(SLOW_ENV, None)
     if slow:
         env[SLOW_ENV] = "1"
     with open(log, "a") as out:
-        return subprocess.run([sys.executable, "-m", "tina_probe.cli", *args], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, cwd=ROOT).returncode == 0
+        return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def timed(name: str, calls: list[list[str]], *, slow: bool, log: Path) -> Stage:
-    """One stage: its CLI calls in turn, wall and children's CPU seconds."""
+def cli(args: list[str], *, slow: bool, log: Path, threads: int = THREADS) -> bool:
+    """Run `tina-probe ARGS` to its end; True on success."""
+    return start(args, slow=slow, log=log, threads=threads).wait() == 0
+
+
+def together(calls: list[list[str]], *, slow: bool, log: Path) -> bool:
+    """Run the calls side by side, the cores split between them (one call alone gets every core); True if all pass."""
+    threads = max(1, CORES // len(calls))
+    procs = [start(args, slow=slow, log=log, threads=threads) for args in calls]
+    return all([p.wait() == 0 for p in procs])
+
+
+def timed(name: str, groups: list[list[list[str]]], *, slow: bool, log: Path) -> Stage:
+    """One stage: its groups of CLI calls in turn (the calls of a group side by side), wall and children's CPU s."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
-    ok = all(cli(args, slow=slow, log=log) for args in calls)
+    ok = all(together(calls, slow=slow, log=log) for calls in groups)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return Stage(name, wall=time.perf_counter() - t0, cpu=usage.ru_utime + usage.ru_stime - cpu0, ok=ok)
 
@@ -238,11 +253,13 @@ def rows_of(out: Path, table: str) -> dict:
 
 @dataclass(frozen=True)
 class Variant:
-    """One side of the comparison: its folders and whether it runs the old paths."""
+    """One side of the comparison: its folders, whether it runs the old paths, and how many `--shard` processes
+    eval, spectra and retention run as (1: one process on every core, as the study did before)."""
 
     root: Path
     slow: bool
     study: Study = LAB
+    shards: int = 1
 
     @property
     def runs(self) -> Path:
@@ -261,24 +278,30 @@ class Variant:
         return [self.runs / f"{r}-bench" for r in self.study.recipes]
 
 
-def stage_calls(name: str, v: Variant, size: Size) -> list[list[str]]:
-    """The `tina-probe` calls of one stage, as the study makes them (tina_probe/lab/study.py), at this size."""
+def stage_calls(name: str, v: Variant, size: Size) -> list[list[list[str]]]:
+    """The `tina-probe` calls of one stage as the study makes them (tina_probe/lab/study.py), at this size: groups run
+    in turn, the calls of a group side by side (training runs; a stage's shards)."""
     ckpts = [str(d) for d in v.run_dirs]
     if name == "train":
         sets = sum((["--set", o] for o in (f"grpo.max_steps={size.steps}", f"grpo.save_steps={size.save_steps}")), [])
-        return [["train", "--recipe", str(ROOT / "train" / "recipes" / f"{r}.yaml"), "--out", str(v.runs),
-                 "--set", f"name={r}-bench", *sets] for r in v.study.recipes]
+        return [[["train", "--recipe", str(ROOT / "train" / "recipes" / f"{r}.yaml"), "--out", str(v.runs),
+                  "--set", f"name={r}-bench", *sets] for r in v.study.recipes]]
     if name == "eval":
-        return [["eval", "--ckpts", *ckpts, "--benchmarks", v.study.benchmarks, "--n", str(size.eval_n),
-                 "--limit", str(size.eval_limit), "--max-tokens", "64", "--seed", "0", "--out", str(v.out)]]
-    if name == "spectra":
-        return [["spectra", "--ckpts", *ckpts, *v.study.spectra_args, "--out", str(v.out)]]
-    if name == "phase":
-        return [["phase", "--runs", *ckpts, "--out", str(v.out)]]
-    if name == "retention":
-        return [["retention", "--ckpts", *ckpts, "--probes", ",".join(size.probes), "--limit", str(size.probe_limit),
-                 "--out", str(v.out)]]
-    return [[name, "--out", str(v.out)]]
+        call = ["eval", "--ckpts", *ckpts, "--benchmarks", v.study.benchmarks, "--n", str(size.eval_n),
+                "--limit", str(size.eval_limit), "--max-tokens", "64", "--seed", "0", "--out", str(v.out)]
+    elif name == "spectra":
+        call = ["spectra", "--ckpts", *ckpts, *v.study.spectra_args, "--out", str(v.out)]
+    elif name == "retention":
+        call = ["retention", "--ckpts", *ckpts, "--probes", ",".join(size.probes), "--limit", str(size.probe_limit),
+                "--out", str(v.out)]
+    elif name == "phase":
+        return [[["phase", "--runs", *ckpts, "--out", str(v.out)]]]
+    else:
+        return [[[name, "--out", str(v.out)]]]
+    if v.shards <= 1:
+        return [[call]]
+    shards = [[[*call, "--shard", f"{i}/{v.shards}"] for i in range(v.shards)]]
+    return shards + ([[call]] if name == "spectra" else [])  # spectra: a last run writes update_overlap
 
 
 def stage_work(stage: Stage, v: Variant, machine: dict) -> None:
@@ -385,7 +408,28 @@ def same_results(a: Variant, b: Variant) -> None:
             pd.testing.assert_frame_equal(x, y, check_exact=True)
             print(f"  {table}: identical ({len(x)} rows)")
         except AssertionError as exc:
-            print(f"  {table}: DIFFERS: {str(exc).splitlines()[0]}")
+            print(f"  {table}: DIFFERS: {where_they_differ(x, y) or str(exc).splitlines()[0]}")
+
+
+def where_they_differ(x: pd.DataFrame, y: pd.DataFrame) -> str:
+    """Per differing column of two same-shaped tables: rows that differ and, for numbers, the largest relative
+    difference (what a reader needs to tell float rounding from a changed result); '' when the shapes differ."""
+    if x.shape != y.shape or list(x.columns) != list(y.columns):
+        return ""
+    parts = []
+    for col in x.columns:
+        a, b = x[col], y[col]
+        if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+            a, b = a.astype(float), b.astype(float)
+            differ = ~((a == b) | (a.isna() & b.isna()))
+            if differ.any():
+                rel = ((a - b).abs() / pd.concat([a.abs(), b.abs()], axis=1).max(axis=1).clip(lower=1e-300))[differ]
+                parts.append(f"{col} {int(differ.sum())} rows (max relative difference {rel.max():.1e})")
+        else:
+            differ = pd.Series([repr(u) != repr(v) for u, v in zip(a, b)], index=a.index)
+            if differ.any():
+                parts.append(f"{col} {int(differ.sum())} rows")
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- printing
@@ -396,10 +440,10 @@ def fmt_work(work: dict) -> str:
 
 
 def report(after: list[Stage], before: list[Stage] | None) -> None:
-    """One line per stage: wall, CPU, floor and CPU/floor for today's code, then the old paths and the ratio."""
+    """One line per stage: wall, CPU, floor and CPU/floor for today's code, then the old code and the ratios."""
     head = f"{'stage':<10} {'wall s':>8} {'cpu s':>8} {'floor s':>9} {'cpu/floor':>10}"
     if before:
-        head += f" | {'before wall':>11} {'before cpu':>10} {'cpu before/after':>16}"
+        head += f" | {'before wall':>11} {'before cpu':>10} {'wall before/after':>17} {'cpu before/after':>16}"
     print(head + "  work (today's code)")
     pairs = zip(after, before) if before else ((a, None) for a in after)
     for a, b in pairs:
@@ -407,14 +451,15 @@ def report(after: list[Stage], before: list[Stage] | None) -> None:
         ratio = f"{a.cpu / a.floor:10.0f}" if a.floor else f"{'-':>10}"
         line = f"{a.name:<10} {a.wall:8.1f} {a.cpu:8.1f} {floor} {ratio}"
         if b is not None:
-            line += f" | {b.wall:11.1f} {b.cpu:10.1f} {b.cpu / max(a.cpu, 1e-9):16.2f}"
+            line += f" | {b.wall:11.1f} {b.cpu:10.1f} {b.wall / max(a.wall, 1e-9):17.2f} {b.cpu / max(a.cpu, 1e-9):16.2f}"
         flag = "" if a.ok and (b is None or b.ok) else "  (FAILED: see bench.log)"
         print(line + "  " + fmt_work(a.work) + flag)
     total_a = sum(s.cpu for s in after)
     if before:
         total_b = sum(s.cpu for s in before)
-        print(f"{'total':<10} {sum(s.wall for s in after):8.1f} {total_a:8.1f} {'':>9} {'':>10} | "
-              f"{sum(s.wall for s in before):11.1f} {total_b:10.1f} {total_b / max(total_a, 1e-9):16.2f}")
+        wall_a, wall_b = sum(s.wall for s in after), sum(s.wall for s in before)
+        print(f"{'total':<10} {wall_a:8.1f} {total_a:8.1f} {'':>9} {'':>10} | {wall_b:11.1f} {total_b:10.1f} "
+              f"{wall_b / max(wall_a, 1e-9):17.2f} {total_b / max(total_a, 1e-9):16.2f}")
     else:
         print(f"{'total':<10} {sum(s.wall for s in after):8.1f} {total_a:8.1f}")
 
@@ -454,7 +499,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         root = args.keep.resolve() if args.keep else Path(tmp)
         # Each variant trains its own runs from the same seeds and analyses them in its own store.
-        variants = [Variant(root / "after", slow=False, study=which)] + (
+        shards = 1 if args.real else 2  # as the study's plans: REAL keeps one process per stage
+        variants = [Variant(root / "after", slow=False, study=which, shards=shards)] + (
             [] if args.no_before else [Variant(root / "before", True, study=which)])
         stages = study(variants, size, machine, stages_run)
         report(stages[0], stages[1] if len(stages) > 1 else None)

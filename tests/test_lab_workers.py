@@ -82,3 +82,18 @@ def test_a_failed_child_is_named_with_its_log_and_stops_the_others(tmp_path, mon
         for _ in range(100):
             os.kill(pid, 0)
             time.sleep(0.1)
+
+
+def test_the_pool_after_eval_holds_what_needs_only_checkpoints_and_eval(tmp_path):
+    from tina_probe.lab.study import after_eval_pool
+
+    ckpts = ["/r/a", "/r/b"]
+    full = after_eval_pool(FULL, tmp_path, ckpts)  # retention at every checkpoint: no wait for phase
+    assert [c.label for c in full] == ["retention 1/2", "retention 2/2", "spectra 1/2", "spectra 2/2", "phase"]
+    assert all(c.args[c.args.index("--out") + 1] == str(tmp_path) for c in full)
+    assert full[0].args[full[0].args.index("--probes") + 1] == ",".join(FULL.probes)
+    # validate: retention only at the best checkpoints, which phase chooses; no spectra
+    assert [c.label for c in after_eval_pool(VALIDATE, tmp_path, ckpts)] == ["phase"]
+    real = after_eval_pool(REAL, tmp_path, ckpts)  # one process per stage, retention after phase
+    assert [c.label for c in real] == ["spectra", "phase"] and "--shard" not in real[0].args
+    assert "--no-intruders" in real[0].args

@@ -216,6 +216,22 @@ def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str) -> list[C
     return shard_children(stage, args, out / ".logs", plan.shards)
 
 
+def retention_args(plan: StudyPlan) -> tuple[str, ...]:
+    return "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit)
+
+
+def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]:
+    """What needs only the checkpoints and the eval tables, as one pool run plan.shards at a time, the longest first
+    (no core waits for another stage's slowest shard): retention when it probes every checkpoint, spectra, phase.
+    Retention at the best checkpoints waits for phase, which chooses them."""
+    pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
+        if plan.retention_at != "best" else []
+    if plan.spectra:
+        pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts,
+                               *(() if plan.spectra_intruders else ("--no-intruders",)))
+    return pool + [Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log")]
+
+
 def run_sharded(plan: StudyPlan, out: Path, stage: str, *args: str) -> None:
     """One stage's children (stage_children), plan.shards side by side."""
     run_children(stage_children(plan, out, stage, *args), plan.shards)
@@ -334,16 +350,10 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
                     "--temperature", "1.0", "--max-tokens", str(plan.max_tokens), "--seed", "0",
                     *(("--limit", str(limit)) if limit is not None else ()))
     ckpts = [str(d) for d in run_dirs]
-    # Spectra, phase and (at every checkpoint) retention need only the checkpoints and the eval tables: one pool,
-    # plan.shards at a time, the longest first, so that no core waits for another stage's slowest shard.
-    no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
-    retention_args = ("--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit))
-    every = plan.retention_at != "best"
-    pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args) if every else []
-    pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *no_intruders) if plan.spectra else []
-    pool.append(Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log"))
-    console.rule(", ".join(["update spectra"] * plan.spectra + ["phase transitions"] + ["retention probes"] * every))
+    pool = after_eval_pool(plan, out, ckpts)
+    console.rule(", ".join(dict.fromkeys(c.args[0] for c in pool)))
     run_children(pool, plan.shards)
+    no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
     if plan.spectra:
         if plan.shards > 1:  # nothing left to compute: consolidates and writes the cross-run update_overlap
             run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *no_intruders)
@@ -351,9 +361,9 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
         if not plan.spectra_intruders and plan.geometry_at == "last" and last:
             console.rule("intruders and Path-Not-Taken geometry at each run's last checkpoint")
             run_cli("spectra", "--ckpts", *last, "--out", str(out))
-    if not every:
-        console.rule("retention probes at each run's best checkpoint (as phase chose it) and its base")
-        run_sharded(plan, out, "retention", "--ckpts", *best_checkpoints(out, run_dirs), *retention_args)
+    if plan.retention_at == "best":
+        console.rule("retention at each run's best checkpoint (as phase chose it) and its base")
+        run_sharded(plan, out, "retention", "--ckpts", *best_checkpoints(out, run_dirs), *retention_args(plan))
     console.rule("series dynamics, hypothesis, report")
     run_cli("dynamics", "--out", str(out))
     run_cli("hypothesis", "--out", str(out))
