@@ -183,14 +183,22 @@ def timed(name: str, groups: list[list[list[str]]], *, slow: bool, log: Path) ->
 # ----------------------------------------------------------------------------- the work each stage did
 
 
+def train_flops_per_token(kind: str, beta: float) -> int:
+    """FLOPs per base parameter per token of one GRPO step: sampling (prefill and decoding) 2, the policy's forward 2,
+    its backward 4 for full FT (input and weight gradients) or 2 for LoRA (input gradients only: autograd skips the
+    frozen weights' gradients; the adapter's own are negligible), and the reference model's forward 2 when beta > 0."""
+    return 2 + 2 + (2 if kind == "lora" else 4) + (2 if beta > 0 else 0)
+
+
 def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, float]:
     """Steps, completions, tokens generated and trained (TRL's num_tokens: prompts and completions), seconds inside the
     steps (TRL's step_time; the rest of the stage is process start, loading and saving); floor = sampling (max of its
-    FLOPs and one weight read per decoding step) + the policy's forward and backward (6 FLOPs per parameter per token:
-    the whole backward runs for LoRA too). The reference model's forward (beta > 0) is left out: a lower bound."""
+    FLOPs and one weight read per decoding step) + the rest of the step's FLOPs (train_flops_per_token)."""
     steps = completions = generated = trained = passes = in_steps = 0.0
+    flops_gen = flops_train = 0.0
     for run_dir in run_dirs:
-        recipe = json.loads((run_dir / "tina_run.json").read_text()).get("recipe", {})
+        manifest = json.loads((run_dir / "tina_run.json").read_text())
+        recipe = manifest.get("recipe", {})
         grpo = recipe.get("grpo", {})
         per_step = int(grpo.get("prompts_per_step", 8)) * int(grpo.get("num_generations", 8))
         log = training_log(run_dir)
@@ -200,10 +208,13 @@ def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, 
         steps += len(lengths)
         completions += per_step * len(lengths)
         generated += per_step * float(lengths.sum())
-        trained += float(metric["num_tokens"].max()) if len(metric["num_tokens"]) else per_step * float(lengths.sum())
+        tokens = float(metric["num_tokens"].max()) if len(metric["num_tokens"]) else per_step * float(lengths.sum())
+        trained += tokens
         passes += float(metric["completion_max_length"].sum()) if len(metric["completion_max_length"]) else 0.0
         in_steps += float(metric["step_time"].sum())
-    flops_gen, flops_train = 2 * n_params * trained, 6 * n_params * trained
+        per_token = train_flops_per_token(str(manifest.get("kind", "full")), float(grpo.get("beta", 0.0)))
+        flops_gen += 2 * n_params * tokens
+        flops_train += (per_token - 2) * n_params * tokens
     floor = max(flops_gen / rates["flops"], passes * 4 * n_params / rates["bandwidth"]) + flops_train / rates["flops"]
     return dict(steps=int(steps), completions=int(completions), tokens_generated=int(generated),
                 tokens_trained=int(trained), gflop=round((flops_gen + flops_train) / 1e9, 1),
