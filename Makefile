@@ -44,11 +44,13 @@ demo-real: real-base
 	OMP_NUM_THREADS=2 $(BIN)/tina-probe lab real
 
 # TEST_WORKERS pytest-xdist processes, one thread each; --dist loadfile keeps a file's tests (and its module
-# fixtures, e.g. the validation study) on one worker. TEST_WORKERS=0: one process, as before.
+# fixtures, e.g. the validation study) on one worker, and --no-loadscope-reorder hands files out in collection order,
+# where tests/conftest.py puts the files that take minutes first. TEST_WORKERS=0: one process, as before.
 TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: setup browser-deps
-	OMP_NUM_THREADS=$(if $(filter 0,$(TEST_WORKERS)),2,1) $(BIN)/python -m pytest -p no:cacheprovider -rs --timeout=1500 \
-		--timeout-method=thread $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests
+	OMP_NUM_THREADS=$(if $(filter 0,$(TEST_WORKERS)),2,1) $(BIN)/python -m pytest -p no:cacheprovider -rs \
+		--timeout=1500 --timeout-method=thread $(XDIST) tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests

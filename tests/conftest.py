@@ -20,6 +20,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
+# Files whose tests take minutes (the validation study, the calibration's short form, concurrent shards, the real
+# model): collected first, so that under `make test`'s pytest-xdist workers (--dist loadfile --no-loadscope-reorder
+# hands out files in collection order) they start at once and the short files fill the other worker, instead of one
+# of them running alone at the end. A stable sort: every file's tests stay together and in their order.
+LONG_FILES = ("test_lab_validation.py", "test_verdict_calibration.py", "test_real_model.py", "test_shards.py",
+              "test_multiprocess_train.py", "test_real_vllm.py", "test_real_probes.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
 EOS = "<|end|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"

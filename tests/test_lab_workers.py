@@ -97,3 +97,23 @@ def test_the_pool_after_eval_holds_what_needs_only_checkpoints_and_eval(tmp_path
     real = after_eval_pool(REAL, tmp_path, ckpts)  # one process per stage, retention after phase
     assert [c.label for c in real] == ["spectra", "phase"] and "--shard" not in real[0].args
     assert "--no-intruders" in real[0].args
+
+
+def test_every_eval_call_in_one_pool_with_its_own_logs(tmp_path):
+    from tina_probe.lab.study import eval_calls, eval_children
+
+    run_dirs = [tmp_path / r for r in FULL.recipes]
+    calls = eval_calls(FULL, run_dirs)
+    assert len(calls) == 2  # lab-control has its own (hard) splits
+    kids = eval_children(FULL, tmp_path, run_dirs)
+    assert [k.label for k in kids] == ["eval-1 1/2", "eval-1 2/2", "eval-2 1/2", "eval-2 2/2"]
+    assert len({k.log for k in kids}) == 4
+    for k, (dirs, benches, limit, n) in zip(kids[::2], calls):
+        a = k.args
+        assert a[a.index("--benchmarks") + 1] == ",".join(benches) and a[a.index("--n") + 1] == str(n)
+        assert a[a.index("--limit") + 1] == str(limit) and all(d in a for d in dirs)
+
+
+def test_two_children_with_one_log_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="one log"):
+        run_children([Child("a", ("a",), tmp_path / "x.log"), Child("b", ("b",), tmp_path / "x.log")], 2)

@@ -207,13 +207,26 @@ def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list
     return run_dirs
 
 
-def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str) -> list[Child]:
+def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str, tag: str = "") -> list[Child]:
     """`tina-probe STAGE ARGS --out OUT` as plan.shards `--shard` processes (one when plan.shards is 1), logs under
-    OUT/.logs/. Each shard consolidates every part present when it ends, so the last one leaves the tables whole."""
+    OUT/.logs/ (`tag` tells apart several calls of one stage). Each shard consolidates every part present when it
+    ends, so the last one leaves the tables whole."""
     args = (*args, "--out", str(out))
     if plan.shards <= 1:
-        return [Child(stage, (stage, *args), out / ".logs" / f"{stage}.log")]
-    return shard_children(stage, args, out / ".logs", plan.shards)
+        return [Child(stage + tag, (stage, *args), out / ".logs" / f"{stage}{tag}.log")]
+    return shard_children(stage, args, out / ".logs", plan.shards, tag)
+
+
+def eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path]) -> list[Child]:
+    """Every eval call (eval_calls) as stage_children, in one pool: a call's shards start as soon as a core is free."""
+    calls = eval_calls(plan, run_dirs)
+    children: list[Child] = []
+    for k, (dirs, benches, limit, n) in enumerate(calls):
+        children += stage_children(plan, out, "eval", "--ckpts", *dirs, "--benchmarks", ",".join(benches),
+                                   "--n", str(n), "--temperature", "1.0", "--max-tokens", str(plan.max_tokens),
+                                   "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()),
+                                   tag=f"-{k + 1}" if len(calls) > 1 else "")
+    return children
 
 
 def retention_args(plan: StudyPlan) -> tuple[str, ...]:
@@ -345,10 +358,7 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
     run_dirs = train_all(plan, runs_root)
     console.rule("evaluate every checkpoint")
-    for dirs, benches, limit, n in eval_calls(plan, run_dirs):
-        run_sharded(plan, out, "eval", "--ckpts", *dirs, "--benchmarks", ",".join(benches), "--n", str(n),
-                    "--temperature", "1.0", "--max-tokens", str(plan.max_tokens), "--seed", "0",
-                    *(("--limit", str(limit)) if limit is not None else ()))
+    run_children(eval_children(plan, out, run_dirs), plan.shards)
     ckpts = [str(d) for d in run_dirs]
     pool = after_eval_pool(plan, out, ckpts)
     console.rule(", ".join(dict.fromkeys(c.args[0] for c in pool)))

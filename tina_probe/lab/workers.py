@@ -59,31 +59,36 @@ class Child:
         return self.progress() if self.progress is not None else log_progress(self.log)
 
 
-def shard_children(stage: str, args: Sequence[str], logs: Path, shards: int) -> list[Child]:
-    """`tina-probe STAGE ARGS --shard i/N` for every i < N (rules S1-S3 of tina_probe/shards.py split the work)."""
-    return [Child(f"{stage} {i + 1}/{shards}", (stage, *args, "--shard", f"{i}/{shards}"),
-                  logs / f"{stage}-{i}of{shards}.log") for i in range(shards)]
+def shard_children(stage: str, args: Sequence[str], logs: Path, shards: int, tag: str = "") -> list[Child]:
+    """`tina-probe STAGE ARGS --shard i/N` for every i < N (rules S1-S3 of tina_probe/shards.py split the work); `tag`
+    tells apart several calls of one stage (their labels and logs)."""
+    return [Child(f"{stage}{tag} {i + 1}/{shards}", (stage, *args, "--shard", f"{i}/{shards}"),
+                  logs / f"{stage}{tag}-{i}of{shards}.log") for i in range(shards)]
 
 
 def run_children(children: Sequence[Child], parallel: int, threads: int | None = None) -> None:
-    """Run every child to its end, `parallel` at a time with `threads` each (default: the cores split between them);
-    the first failure stops the others and raises with the failed child's log tail."""
+    """Run every child to its end, `parallel` at a time with `threads` each (default: the cores split between them),
+    in the order given; the first failure stops the others and raises with the failed child's log tail."""
     from tina_probe.children import stop
 
+    logs = [c.log for c in children]
+    if len(set(logs)) < len(logs):
+        raise ValueError(f"two children would write one log: {sorted(str(x) for x in logs if logs.count(x) > 1)}")
     threads = threads or max(1, (os.cpu_count() or 2) // max(1, parallel))
-    pending, active = list(children), {}
-    bars: dict[str, tqdm] = {}
+    pending = list(enumerate(children))
+    active: dict[int, tuple[Child, subprocess.Popen]] = {}
+    bars: dict[int, tqdm] = {}
     try:
         while pending or active:
             while pending and len(active) < parallel:
-                child = pending.pop(0)
+                i, child = pending.pop(0)
                 child.log.parent.mkdir(parents=True, exist_ok=True)
-                bars[child.label] = tqdm(total=child.total, desc=child.label, position=len(bars), leave=True,
-                                         dynamic_ncols=True)
-                active[child.label] = (child, cli(*child.args, threads=threads, log=child.log))
+                bars[i] = tqdm(total=child.total, desc=child.label, position=len(bars), leave=True,
+                               dynamic_ncols=True)
+                active[i] = (child, cli(*child.args, threads=threads, log=child.log))
             time.sleep(POLL_S)
-            for label, (child, proc) in list(active.items()):
-                bar, seen = bars[label], child.done()
+            for i, (child, proc) in list(active.items()):
+                bar, seen = bars[i], child.done()
                 if seen is not None:
                     if bar.total != seen[1]:
                         bar.total = seen[1]
@@ -92,10 +97,10 @@ def run_children(children: Sequence[Child], parallel: int, threads: int | None =
                         bar.update(seen[0] - bar.n)
                 if proc.poll() is None:
                     continue
-                del active[label]
+                del active[i]
                 if proc.returncode != 0:
                     tail = child.log.read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
-                    raise TinaError(f"{child.log}: tina-probe {child.args[0]} ({label}) failed (exit "
+                    raise TinaError(f"{child.log}: tina-probe {child.args[0]} ({child.label}) failed (exit "
                                     f"{proc.returncode}): {' | '.join(tail)}; rerun to resume")
                 if bar.total:
                     bar.update(bar.total - bar.n)
