@@ -13,7 +13,8 @@ torch reaches on one thread, and for decoding the weight bytes read per decoding
 bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-"); nor has
 retention yet: its table keeps no token counts (its units, checkpoints and lm-eval items scored are shown).
 Every stage runs `tina-probe` in child processes as the study does: training runs two side by side with one thread
-each; phase, dynamics and hypothesis one process on every core; CPU seconds are the children's. Wall seconds are what
+each; dynamics and hypothesis one process on every core; phase too (the study runs it with one thread in its
+spectra/retention pool; alone here, so that every stage keeps a figure of its own); CPU seconds are the children's. Wall seconds are what
 the study waits for: on a shared machine they swing 2-10x, so compare before/after only within one run.
 
 Run: python benchmarks/bench_study.py [--quick | --real] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]

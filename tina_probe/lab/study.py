@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+
 from tina_probe.console import print_table
 from tina_probe.errors import TinaError
 from tina_probe.lab.workers import Child, cli, run_children, shard_children

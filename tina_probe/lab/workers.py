@@ -27,10 +27,14 @@ def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Pop
     """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     out = open(log, "w") if log else None
-    # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs in
-    # the user's folder like the command that started it.
-    return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env,
-                            stdout=out or None, stderr=subprocess.STDOUT if out else None)
+    try:
+        # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs
+        # in the user's folder like the command that started it.
+        return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env,
+                                stdout=out or None, stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out is not None:
+            out.close()  # the child has its own copy of the file descriptor
 
 
 def log_progress(log: Path) -> tuple[int, int] | None:
