@@ -234,6 +234,10 @@ def retention_args(plan: StudyPlan) -> tuple[str, ...]:
     return "--probes", ",".join(plan.probes), "--limit", str(plan.probe_limit)
 
 
+def spectra_args(plan: StudyPlan) -> tuple[str, ...]:
+    return () if plan.spectra_intruders else ("--no-intruders",)
+
+
 def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]:
     """What needs only the checkpoints and the eval tables, as one pool run plan.shards at a time, the longest first
     (no core waits for another stage's slowest shard): retention when it probes every checkpoint, spectra, phase.
@@ -241,8 +245,7 @@ def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]
     pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
         if plan.retention_at != "best" else []
     if plan.spectra:
-        pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts,
-                               *(() if plan.spectra_intruders else ("--no-intruders",)))
+        pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *spectra_args(plan))
     return pool + [Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log")]
 
 
@@ -364,10 +367,9 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     pool = after_eval_pool(plan, out, ckpts)
     console.rule(", ".join(dict.fromkeys(c.args[0] for c in pool)))
     run_children(pool, plan.shards)
-    no_intruders = () if plan.spectra_intruders else ("--no-intruders",)
     if plan.spectra:
         if plan.shards > 1:  # nothing left to compute: consolidates and writes the cross-run update_overlap
-            run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *no_intruders)
+            run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *spectra_args(plan))
         last = [str(d / f"checkpoint-{_latest_step(d)}") for d in run_dirs if _latest_step(d) > 0]
         if not plan.spectra_intruders and plan.geometry_at == "last" and last:
             console.rule("intruders and Path-Not-Taken geometry at each run's last checkpoint")
