@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tina_probe.slow_paths import slow_paths
+
 log = logging.getLogger(__name__)
 
 MIN_POINTS = 4
@@ -81,6 +83,29 @@ def _rho(x, y) -> float:
         return float(stats.spearmanr(x, y).statistic)
 
 
+def rho_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row of x against the same row of y (2-D, one resample a row); nan where a row is
+    constant. Equal bit for bit to `_rho` (scipy.stats.spearmanr) row by row.
+
+    Written by hand because spearmanr takes one pair at a time (about 1 ms a call: a study's bootstraps made 100k
+    calls, most of `dynamics`) or, given many columns, the whole cross-correlation matrix with its p-values. The ranks
+    come from scipy.stats.rankdata; the correlation repeats np.corrcoef's steps in its order (centre, sums of
+    products times 1/(n-1), divide by the two standard deviations, clip). Ranks are integers or halves, so the centred
+    values, their products and sums are exact in float64 whatever the summation order: only the same final
+    operations round, in the same order, hence the same bits (tests/test_razor.py checks it on ties and sizes)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = x.shape[1]
+    rx, ry = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    cx = rx - rx.mean(axis=1, keepdims=True)
+    cy = ry - ry.mean(axis=1, keepdims=True)
+    inv = np.true_divide(1, n - 1)
+    cxy, cxx, cyy = (cx * cy).sum(axis=1) * inv, (cx * cx).sum(axis=1) * inv, (cy * cy).sum(axis=1) * inv
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.clip((cxy / np.sqrt(cyy)) / np.sqrt(cxx), -1, 1)  # corrcoef's [1, 0]: row y first, then column x
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    return np.where(constant, np.nan, rho)
+
+
 def _r2_quadratic(x, y) -> float:
     """R^2 of the least-squares fit y ~ a + b x + c x^2 (rule Z5); nan when x or y is constant."""
     if np.ptp(x) == 0 or np.ptp(y) == 0 or len(np.unique(x)) < 3:
@@ -89,17 +114,41 @@ def _r2_quadratic(x, y) -> float:
     return float(1.0 - np.sum((y - fitted) ** 2) / np.sum((y - np.mean(y)) ** 2))
 
 
-def _boot(stat, n: int, n_boot: int, seed: int) -> tuple[float, float]:
-    """Percentile CI of stat(idx) over resampled checkpoints. Hand-rolled rather than scipy.stats.bootstrap: with a
-    handful of checkpoints many resamples repeat one point and rho is undefined; those resamples are dropped here,
-    where scipy would return a nan interval."""
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap's checkpoint indices, one resample a row, drawn one resample at a time as _boot always drew
+    them (one call per resample: a single call of n_boot * n draws gives another stream)."""
     rng = np.random.default_rng(seed)
-    dist = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    return np.array([rng.integers(0, n, n) for _ in range(n_boot)]).reshape(n_boot, n)
+
+
+def _percentile_ci(dist: np.ndarray, n_boot: int) -> tuple[float, float]:
+    """2.5 and 97.5 percentiles of the defined resampled statistics; nan when fewer than half are defined."""
     dist = dist[~np.isnan(dist)]
     if len(dist) < n_boot // 2:
         return np.nan, np.nan
     lo, hi = np.percentile(dist, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def _boot(stat, n: int, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile CI of stat(idx) over resampled checkpoints. Hand-rolled rather than scipy.stats.bootstrap: with a
+    handful of checkpoints many resamples repeat one point and rho is undefined; those resamples are dropped here,
+    where scipy would return a nan interval."""
+    return _percentile_ci(np.array([stat(i) for i in _resamples(n, n_boot, seed)]), n_boot)
+
+
+def _boot_rho(n: int, n_boot: int, seed: int, x, y, minus: tuple | None = None) -> tuple[float, float]:
+    """_boot of rho(x, y), or of rho(x, y) - rho(*minus), every resample at once (rho_rows): the same resamples and
+    the same values as _boot with _rho."""
+    if slow_paths():  # the path before the speed work: one spearmanr call per resample
+        if minus is None:
+            return _boot(lambda i: _rho(x[i], y[i]), n, n_boot, seed)
+        return _boot(lambda i: _rho(x[i], y[i]) - _rho(minus[0][i], minus[1][i]), n, n_boot, seed)
+    idx = _resamples(n, n_boot, seed)
+    dist = rho_rows(x[idx], y[idx])
+    if minus is not None:
+        dist = dist - rho_rows(minus[0][idx], minus[1][idx])
+    return _percentile_ci(dist, n_boot)
 
 
 def association_rows(frame: pd.DataFrame, scope: str, kind: str, probe: str, metric: str, *,
@@ -117,7 +166,7 @@ def association_rows(frame: pd.DataFrame, scope: str, kind: str, probe: str, met
         x, y = d[predictor].to_numpy(float), d["loss"].to_numpy(float)
         rho = _rho(x, y)
         p = float(stats.spearmanr(x, y).pvalue) if not np.isnan(rho) else np.nan
-        lo, hi = _boot(lambda i: _rho(x[i], y[i]), n, n_boot, seed)
+        lo, hi = _boot_rho(n, n_boot, seed, x, y)
         rows.append({**base, "predictor": predictor, "statistic": "spearman", "n_points": n, "value": rho,
                      "ci_low": lo, "ci_high": hi, "p_value": p, "verdict": "",
                      "note": "constant predictor or loss" if np.isnan(rho) else ""})
@@ -132,7 +181,7 @@ def association_rows(frame: pd.DataFrame, scope: str, kind: str, probe: str, met
     if n >= MIN_POINTS:
         k, w, y = (both[c].to_numpy(float) for c in ("task_kl", "rel_norm", "loss"))
         diff = _rho(k, y) - _rho(w, y)
-        lo, hi = _boot(lambda i: _rho(k[i], y[i]) - _rho(w[i], y[i]), n, n_boot, seed)
+        lo, hi = _boot_rho(n, n_boot, seed, k, y, minus=(w, y))
         verdict = ("task_kl" if lo > 0 else "rel_norm" if hi < 0 else "neither shown") if not np.isnan(lo) \
             else "inconclusive"
         rows.append({**base, "predictor": "task_kl - rel_norm", "statistic": "spearman", "n_points": n, "value": diff,

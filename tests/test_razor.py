@@ -86,3 +86,35 @@ def test_checkpoints_without_the_forward_kl_are_named_when_left_out(caplog):
         f = forgetting_frame(pd.concat([ret, forward]), spec)
     assert f.dropna(subset=["task_kl"])["step"].tolist() == [1, 2, 3]
     assert "2 checkpoint(s)" in caplog.text and "r@4, r@5" in caplog.text and "r@3" not in caplog.text
+
+
+@pytest.mark.parametrize("n", [4, 5, 9, 17, 60])
+def test_rho_rows_equals_spearmanr_bit_for_bit(n):
+    """The batched rho (every bootstrap resample at once) against scipy.stats.spearmanr one pair at a time: equal
+    bits, ties and constant rows included."""
+    from analysis.razor import _rho, rho_rows
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(400, n))
+    y = rng.normal(size=(400, n)) * 1e-3 + 0.25 * x
+    x[::3] = np.round(x[::3])  # ties
+    y[1::4] = rng.integers(0, 3, size=y[1::4].shape)  # many ties
+    x[7] = 2.0  # a constant row: undefined
+    got = rho_rows(x, y)
+    want = np.array([_rho(a, b) for a, b in zip(x, y)])
+    assert np.isnan(got[7]) and np.isnan(want[7])
+    assert np.array_equal(got, want, equal_nan=True)  # exact: not approx
+    assert np.isfinite(got).sum() > 390
+
+
+def test_batched_bootstrap_gives_the_old_intervals():
+    """_boot_rho (every resample at once) returns exactly the interval of the per-resample _boot, plain and paired."""
+    from analysis.razor import _boot, _boot_rho, _rho
+
+    rng = np.random.default_rng(3)
+    for n in (4, 6, 11, 30):
+        k, w = rng.normal(size=n), np.round(rng.normal(size=n), 1)
+        y = 0.5 * k + rng.normal(size=n)
+        assert _boot_rho(n, 500, 0, k, y) == _boot(lambda i: _rho(k[i], y[i]), n, 500, 0)
+        paired = _boot(lambda i: _rho(k[i], y[i]) - _rho(w[i], y[i]), n, 500, 0)
+        assert _boot_rho(n, 500, 0, k, y, minus=(w, y)) == paired
