@@ -162,24 +162,30 @@ def completion_mask(prompt_lens: list[int], total_lens: list[int], width: int) -
     return mask
 
 
-def _score_task_rows(models: ProbeModels, rows: list[list[int]], prompt_lens: list[int], *, forward: bool = False
+def _score_task_rows(models: ProbeModels, rows: list[list[int]], prompt_lens: list[int], *, forward: bool = False,
+                     kept: list[torch.Tensor] | None = None, fresh: list[torch.Tensor] | None = None
                      ) -> tuple[list[float], list[float]]:
     """Per row: the KL summed over its completion tokens, and their number; KL(ckpt || base), or with `forward`
-    KL(base || ckpt) (RL's Razor's direction, on the base's own completions)."""
+    KL(base || ckpt) (RL's Razor's direction, on the base's own completions). `kept`: the base's logits of each pass
+    from an earlier checkpoint (same rows, same passes); `fresh` collects this call's for the next one."""
     tok = models.tokenizer
     ids, mask = right_pad(rows, tok.pad_token_id)
     cmask = completion_mask(prompt_lens, [len(r) for r in rows], ids.shape[1])
     step = rows_per_pass(len(rows), ids.shape[1], _vocab_size(models.base_model))
     sums, counts = [], []
-    for lo in range(0, len(rows), step):
+    for i, lo in enumerate(range(0, len(rows), step)):
         part = slice(lo, lo + step)
         with models.policy() as m:
             lp = _logits(m, ids[part], mask[part])[:, :-1]
         if _policy_is_reference(models):  # the base's own completions: the same forward twice
             lb = lp
+        elif kept is not None:
+            lb = kept[i]
         else:
             with models.reference() as ref:
                 lb = _logits(ref, ids[part], mask[part])[:, :-1]
+        if fresh is not None:
+            fresh.append(lb)
         kl = token_kl(lb, lp, cmask[part]) if forward else token_kl(lp, lb, cmask[part])
         s, n = masked_sums(kl, cmask[part])
         sums.extend(s)
@@ -258,11 +264,25 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
     else:
         rows, prompt_lens, clusters = sampled_task_rows(models, path, limit=limit, settings=settings,
                                                         from_base=forward)
+    # the forward direction scores the base's completions: the base's logits on them are the same for every
+    # checkpoint of the base, so they are kept (within REFERENCE_MEMO_BYTES) as reference_stats keeps the text's
+    memo_key = ("base_task_logits", str(Path(path).resolve()), settings.batch_size,
+                tuple(map(tuple, rows)), tuple(prompt_lens))
+    size = sum(len(r) for r in rows) * _vocab_size(models.base_model) * 4
+    keep = forward and not slow_paths() and size <= REFERENCE_MEMO_BYTES
+    kept_all = models.memo.get(memo_key) if keep else None
+    fresh_all: list[list[torch.Tensor]] = []
     sums, counts = [], []
-    for lo in range(0, len(rows), settings.batch_size):
+    for b, lo in enumerate(range(0, len(rows), settings.batch_size)):
+        fresh = [] if keep and kept_all is None else None
         s, n = _score_task_rows(models, rows[lo : lo + settings.batch_size],
-                                prompt_lens[lo : lo + settings.batch_size], forward=forward)
+                                prompt_lens[lo : lo + settings.batch_size], forward=forward,
+                                kept=kept_all[b] if kept_all is not None else None, fresh=fresh)
         sums.extend(s)
         counts.extend(n)
+        if fresh is not None:
+            fresh_all.append(fresh)
+    if keep and kept_all is None:
+        models.memo[memo_key] = fresh_all
     sums, counts = _per_cluster(sums, counts, clusters)
     return token_mean(sums, counts), sums, counts
