@@ -466,7 +466,8 @@ def test_other_settings_replace_the_rows_and_going_back_computes_nothing(retenti
 def test_fast_path_writes_the_old_paths_table_with_less_work(runs_root, tmp_path, monkeypatch):
     """Today's retention (the base's logits on the reference text and on its own task completions kept across
     checkpoints, one forward where the checkpoint is the base, no lm-eval environment report) writes the table the
-    old paths write (TINA_PROBE_SLOW_PATHS=1): value, stderr and per-item scores bit for bit, on a base, two LoRA adapters and a full checkpoint, with less work."""
+    old paths write (TINA_PROBE_SLOW_PATHS=1): value, stderr and per-item scores bit for bit, on a base, two LoRA
+    adapters and a full checkpoint, with less work."""
     import lm_eval.evaluator
 
     import analysis.distribution_probes as probes_mod
