@@ -89,14 +89,14 @@ def test_the_pool_after_eval_holds_what_needs_only_checkpoints_and_eval(tmp_path
 
     ckpts = ["/r/a", "/r/b"]
     full = after_eval_pool(FULL, tmp_path, ckpts)  # retention at every checkpoint: no wait for phase
-    assert [c.label for c in full] == ["retention 1/2", "retention 2/2", "spectra 1/2", "spectra 2/2", "phase"]
+    assert [c.label for c in full] == ["retention 1/2", "retention 2/2", "phase", "spectra 1/2", "spectra 2/2"]
     assert all(c.args[c.args.index("--out") + 1] == str(tmp_path) for c in full)
     assert full[0].args[full[0].args.index("--probes") + 1] == ",".join(FULL.probes)
     # validate: retention only at the best checkpoints, which phase chooses; no spectra
     assert [c.label for c in after_eval_pool(VALIDATE, tmp_path, ckpts)] == ["phase"]
     real = after_eval_pool(REAL, tmp_path, ckpts)  # one process per stage, retention after phase
-    assert [c.label for c in real] == ["spectra", "phase"] and "--shard" not in real[0].args
-    assert "--no-intruders" in real[0].args
+    assert [c.label for c in real] == ["phase", "spectra"] and "--shard" not in real[1].args
+    assert "--no-intruders" in real[1].args
 
 
 def test_every_eval_call_in_one_pool_with_its_own_logs(tmp_path):

@@ -42,6 +42,20 @@ def test_prefix_sum_cost_matches_ruptures_l2():
         assert StepDetector(ours_m).fit(y).predict(pen) == expected
 
 
+def test_prefix_sum_cost_in_python_floats_equals_numpy_float64_bit_for_bit():
+    """The cost keeps its prefix sums as Python floats for speed; every segment's cost equals the one computed
+    with numpy float64 scalars (as it was), exactly."""
+    rng = np.random.default_rng(5)
+    y = np.cumsum(rng.normal(size=120)) * 1e3 + 0.1
+    cost = CostMeanShift().fit(y)
+    c = y - y.mean()
+    s1, s2 = np.concatenate([[0.0], np.cumsum(c)]), np.concatenate([[0.0], np.cumsum(c * c)])
+    for start in range(0, 120, 7):
+        for end in range(start + 1, 121, 5):
+            s = s1[end] - s1[start]
+            assert cost.error(start, end) == max(0.0, float(s2[end] - s2[start] - s * s / (end - start)))
+
+
 def test_fitted_sigma_ignores_the_steps():
     y = _step_signal(400, 150, 5.0, 0.2, 1)
     y[300:] -= 3.0

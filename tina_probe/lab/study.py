@@ -240,13 +240,15 @@ def spectra_args(plan: StudyPlan) -> tuple[str, ...]:
 
 def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]:
     """What needs only the checkpoints and the eval tables, as one pool run plan.shards at a time, the longest first
-    (no core waits for another stage's slowest shard): retention when it probes every checkpoint, spectra, phase.
-    Retention at the best checkpoints waits for phase, which chooses them."""
+    (no core waits for another stage's slowest shard): retention when it probes every checkpoint, phase, spectra.
+    In the lab study a retention shard takes minutes, phase about 40 s and a spectra shard about 20 s; with phase
+    last, one core waited for it alone. Retention at the best checkpoints waits for phase, which chooses them."""
     pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
         if plan.retention_at != "best" else []
+    pool.append(Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log"))
     if plan.spectra:
         pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *spectra_args(plan))
-    return pool + [Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log")]
+    return pool
 
 
 def run_sharded(plan: StudyPlan, out: Path, stage: str, *args: str) -> None:
