@@ -13,7 +13,7 @@ ENV = "TINA_PROBE_SLOW_PATHS"
 def slow_paths() -> bool:
     """True when TINA_PROBE_SLOW_PATHS=1: math-verify grades every answer (grading), resume keys read each
     checkpoint's file identity again (runs.checkpoint_identity), and retention runs lm-eval's environment report
-    (`pip list`) on every call, the base's forward on the reference text and on its own task completions for every checkpoint, and the same forward
-    twice where the checkpoint is the base (analysis.retention); RL's Razor bootstraps call spearmanr once per
-    resample (analysis.razor)."""
+    (`pip list`) on every call, the base's forward on the reference text and on its own task completions for every
+    checkpoint, and the same forward twice where the checkpoint is the base (analysis.retention); RL's Razor
+    bootstraps call spearmanr once per resample (analysis.razor)."""
     return os.environ.get(ENV, "") == "1"
