@@ -266,10 +266,10 @@ def task_kl(models: ProbeModels, path: Path, *, limit: int | None, settings: Ret
                                                         from_base=forward)
     # the forward direction scores the base's completions: the base's logits on them are the same for every
     # checkpoint of the base, so they are kept (within REFERENCE_MEMO_BYTES) as reference_stats keeps the text's
-    memo_key = ("base_task_logits", str(Path(path).resolve()), settings.batch_size,
-                tuple(map(tuple, rows)), tuple(prompt_lens))
     size = len(rows) * max(map(len, rows), default=0) * _vocab_size(models.base_model) * 4  # padded logits, at most
     keep = forward and not slow_paths() and size <= REFERENCE_MEMO_BYTES
+    memo_key = ("base_task_logits", str(Path(path).resolve()), settings.batch_size, tuple(map(tuple, rows)),
+                tuple(prompt_lens)) if keep else None
     kept_all = models.memo.get(memo_key) if keep else None
     fresh_all: list[list[torch.Tensor]] = []
     sums, counts = [], []
