@@ -212,10 +212,14 @@ def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str, tag: str 
     """`tina-probe STAGE ARGS --out OUT` as plan.shards `--shard` processes (one when plan.shards is 1), logs under
     OUT/.logs/ (`tag` tells apart several calls of one stage). Each shard consolidates every part present when it
     ends, so the last one leaves the tables whole."""
-    args = (*args, "--out", str(out))
     if plan.shards <= 1:
-        return [Child(stage + tag, (stage, *args), out / ".logs" / f"{stage}{tag}.log")]
-    return shard_children(stage, args, out / ".logs", plan.shards, tag)
+        return [one_child(out, stage, *args, tag=tag)]
+    return shard_children(stage, (*args, "--out", str(out)), out / ".logs", plan.shards, tag)
+
+
+def one_child(out: Path, stage: str, *args: str, tag: str = "") -> Child:
+    """`tina-probe STAGE ARGS --out OUT` as one process, its log OUT/.logs/STAGE[TAG].log."""
+    return Child(stage + tag, (stage, *args, "--out", str(out)), out / ".logs" / f"{stage}{tag}.log")
 
 
 def eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path]) -> list[Child]:
@@ -245,7 +249,7 @@ def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]
     last, one core waited for it alone. Retention at the best checkpoints waits for phase, which chooses them."""
     pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
         if plan.retention_at != "best" else []
-    pool.append(Child("phase", ("phase", "--runs", *ckpts, "--out", str(out)), out / ".logs" / "phase.log"))
+    pool.append(one_child(out, "phase", "--runs", *ckpts))  # phase has no shards
     if plan.spectra:
         pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *spectra_args(plan))
     return pool
