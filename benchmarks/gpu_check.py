@@ -4,7 +4,7 @@ probe; with --real the same on the real base (SmolLM2-135M) with `eval --backend
 
 It prints one line per step (time, PASS | FAIL | SKIP, what was checked), then a summary; the exit code is 1 when a
 step failed. Without CUDA it prints one line and exits 0, untested. `--device cpu` runs the same steps on CPU, in
-float32 (TRL refuses bf16 on CPU): for testing the check itself, not a GPU result.
+float32: for testing the check itself, not a GPU result.
 
 Made for a bare GPU machine without network: the repository runs from its folder (PYTHONPATH, no install); modules
 that do not import are installed from wheels/ (`make gpu-wheels`) into the work folder when wheels/ has them, and

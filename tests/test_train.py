@@ -102,3 +102,53 @@ def test_unreadable_dataset(tmp_path, tiny_base):
     res = _train(["--recipe", str(RECIPES / "lab-lora-r8.yaml"), "--out", str(tmp_path),
                   "--set", f"base={tiny_base}", "--set", f"dataset.path={bad}"])
     assert res.exit_code == 2 and "cannot read dataset" in res.output and str(bad) in res.output
+
+
+def _log_history(ckpt: Path) -> list[dict]:
+    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    return [{k: v for k, v in h.items() if "time" not in k and "per_second" not in k} for h in history]
+
+
+@pytest.mark.slow
+def test_completion_only_head_trains_the_same_adapter_bit_for_bit(tiny_base, tmp_path, monkeypatch):
+    """On CPU a LoRA run scores only the completions through TRL's fused LM head (`completion_only_head_on_cpu`);
+    TRL's own way (TINA_PROBE_SLOW_PATHS=1) scores every position. Same adapters bit for bit, same logs, with the
+    reference model's head (beta > 0) taking the same path."""
+    import trl.trainer.utils as trl_utils
+    from safetensors.torch import load_file
+
+    from train.grpo import train
+    from train.recipe import load_recipe
+
+    original = trl_utils._use_triton
+    recipe = load_recipe(RECIPES / "lab-lora-r8.yaml", [f"base={tiny_base}", *TINY, "grpo.beta=0.04"])
+    fast = train(recipe, tmp_path / "fast")
+    assert trl_utils._use_triton is original  # restored after the run
+    monkeypatch.setenv("TINA_PROBE_SLOW_PATHS", "1")
+    slow = train(recipe, tmp_path / "slow")
+    for step in (1, 2):
+        a = load_file(fast / f"checkpoint-{step}" / "adapter_model.safetensors")
+        b = load_file(slow / f"checkpoint-{step}" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_history(fast / "checkpoint-2") == _log_history(slow / "checkpoint-2")
+
+
+def test_completion_only_head_only_where_the_head_is_frozen(tiny_base):
+    """The switch is on for a frozen head (LoRA), off for a trained one (full FT), and TRL's own test is back after."""
+    import trl.trainer.utils as trl_utils
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from train.grpo import completion_only_head_on_cpu
+
+    cpu = torch.device("cpu")
+    original = trl_utils._use_triton
+    assert not original(cpu)  # what the switch is for: TRL takes CPU for a device that must score every position
+    full = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with completion_only_head_on_cpu(full) as on:
+        assert not on and not trl_utils._use_triton(cpu)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with completion_only_head_on_cpu(lora) as on:
+        assert on and trl_utils._use_triton(cpu)
+    assert trl_utils._use_triton is original

@@ -15,5 +15,6 @@ def slow_paths() -> bool:
     checkpoint's file identity again (runs.checkpoint_identity), and retention runs lm-eval's environment report
     (`pip list`) on every call, the base's forward on the reference text and on its own task completions for every
     checkpoint, and the same forward twice where the checkpoint is the base (analysis.retention); RL's Razor
-    bootstraps call spearmanr once per resample (analysis.razor)."""
+    bootstraps call spearmanr once per resample (analysis.razor); training scores every position through TRL's LM
+    head on CPU, not only the completions (train.grpo)."""
     return os.environ.get(ENV, "") == "1"

@@ -4,6 +4,7 @@ LoRA and full fine-tuning share everything (data, rewards, schedule, seed); only
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tina_probe.errors import TinaError
+from tina_probe.slow_paths import slow_paths
 from tina_probe.store import atomic_write_text
 from train.recipe import Recipe
 
@@ -183,10 +185,12 @@ def grpo_config(recipe: Recipe, output_dir: Path, num_processes: int | None = No
     kwargs.update(g.extra)
     if not g.bf16 and "fp16" not in g.extra:
         kwargs["fp16"] = False
-    if n > 1 and "use_cpu" not in g.extra:
+    if (n > 1 or g.bf16) and "use_cpu" not in g.extra:
         import torch
 
-        if not torch.accelerator.is_available():  # else transformers sees no backend and each process trains alone
+        # Without an accelerator, transformers wants use_cpu: else several processes each train alone, and bf16
+        # (autocast and weights in bfloat16, native on CPUs with AVX512-BF16 or AMX) is refused.
+        if not torch.accelerator.is_available():
             kwargs["use_cpu"] = True
     try:
         config = GRPOConfig(**kwargs)
@@ -263,6 +267,30 @@ def _quiet_trl(use_vllm: bool) -> None:
         importlib.import_module("trl.import_utils").is_vllm_available = lambda min_version=None: False
 
 
+@contextlib.contextmanager
+def completion_only_head_on_cpu(model):
+    """Score only the completion tokens through TRL's fused LM head on CPU, where the head is frozen (LoRA).
+
+    TRL scores every position (prompt and padding too) on devices without Triton, so that compilers see one tile
+    shape (`trl.trainer.utils`: `compact = _use_triton(device)`); nothing compiles on CPU, and with SmolLM2's 49k
+    vocabulary the head's forward and backward over every position cost ~10% of a real LoRA step. The scored rows
+    are the same rows either way: their GEMM rows and per-row reductions do not depend on the other rows, so the
+    results are equal bit for bit (tests/test_train.py). A trained head (full FT) keeps TRL's way: its weight
+    gradient sums over the token axis, and dropping the zero rows would change where that sum rounds."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    head = model.get_output_embeddings()
+    if slow_paths() or original is None or head is None or head.weight.requires_grad:
+        yield False
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton = original
+
+
 def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe", callbacks=None) -> Path:
     """Train one recipe; returns the run folder. An interrupted run keeps its finished checkpoints."""
     _quiet_trl(recipe.grpo.use_vllm)
@@ -299,7 +327,8 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     start = time.time()
     status = "interrupted"
     try:
-        trainer.train()
+        with completion_only_head_on_cpu(trainer.model):
+            trainer.train()
         status = "complete"
     finally:
         if main:
