@@ -1,0 +1,32 @@
+"""benchmarks/bench_bf16.py and bench_lm_head.py: a decoding pass reads every matrix of the base once, in the dtype
+asked; without the cached real base each script says so in one line and stops (so `make bench` still runs offline)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_bf16  # noqa: E402
+
+
+def test_decoding_pass_reads_every_matrix_once(tmp_path):
+    save_file({"a.weight": torch.randn(8, 4), "b.weight": torch.randn(6, 8), "norm.weight": torch.ones(8)},
+              str(tmp_path / "model.safetensors"))
+    for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
+        seconds, nbytes = bench_bf16.decode_pass(tmp_path, dtype, rows=3, repeats=1)
+        assert nbytes == (8 * 4 + 6 * 8) * size and seconds > 0  # the 1-D norm is not a matmul
+
+
+@pytest.mark.parametrize("script", ["bench_bf16.py", "bench_lm_head.py"])
+def test_without_the_cached_real_base_it_says_so(tmp_path, script):
+    env = dict(os.environ, TINA_PROBE_CACHE=str(tmp_path / "empty-cache"))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], env=env,
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "skipped: no cached real base" in res.stdout and str(tmp_path / "empty-cache") in res.stdout
