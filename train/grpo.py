@@ -273,10 +273,11 @@ def completion_only_head_on_cpu(model):
 
     TRL scores every position (prompt and padding too) on devices without Triton, so that compilers see one tile
     shape (`trl.trainer.utils`: `compact = _use_triton(device)`); nothing compiles on CPU, and with SmolLM2's 49k
-    vocabulary the head's forward and backward over every position cost ~10% of a real LoRA step. The scored rows
-    are the same rows either way: their GEMM rows and per-row reductions do not depend on the other rows, so the
-    results are equal bit for bit (tests/test_train.py). A trained head (full FT) keeps TRL's way: its weight
-    gradient sums over the token axis, and dropping the zero rows would change where that sum rounds."""
+    vocabulary the head's forward and backward over every position took ~6 s of a ~36 s real LoRA step
+    (benchmarks/bench_lm_head.py: 2.8 s of it saved). The scored rows are the same rows either way: their GEMM rows
+    and per-row reductions do not depend on the other rows, so the results are equal bit for bit
+    (tests/test_train.py). A trained head (full FT) keeps TRL's way: its weight gradient sums over the token axis,
+    and dropping the zero rows would change where that sum rounds."""
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
