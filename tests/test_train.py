@@ -152,3 +152,19 @@ def test_completion_only_head_only_where_the_head_is_frozen(tiny_base):
     with completion_only_head_on_cpu(lora) as on:
         assert on and trl_utils._use_triton(cpu)
     assert trl_utils._use_triton is original
+
+
+@pytest.mark.slow
+def test_bf16_trains_on_cpu(tiny_base, tmp_path):
+    """grpo.bf16 on a machine without an accelerator: the run trains (transformers wants use_cpu, which grpo_config
+    sets), with the base in bfloat16 and the LoRA adapters kept in float32 (PEFT's default)."""
+    from safetensors.torch import load_file
+
+    res = _train(["--recipe", str(RECIPES / "lab-lora-r8.yaml"), "--out", str(tmp_path),
+                  *_sets(f"base={tiny_base}", *TINY, "grpo.bf16=true")])
+    assert res.exit_code == 0, res.output
+    adapter = load_file(tmp_path / "lab-lora-r8" / "checkpoint-2" / "adapter_model.safetensors")
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
+    losses = [h["loss"] for h in json.loads((tmp_path / "lab-lora-r8" / "checkpoint-2" / "trainer_state.json")
+                                            .read_text())["log_history"] if "loss" in h]
+    assert len(losses) == 2 and all(abs(x) < 1e3 for x in losses)
