@@ -23,9 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-COMPLETION_MAX = 64  # the real recipe's max_completion_length
-COMPLETIONS_PER_STEP = 16  # 4 prompts x 4 generations
-
 
 def real_batch(tokenizer, lengths: list[int], seed: int = 0) -> dict:
     """A GRPO batch as TRL builds it: each chat-templated real-task prompt 4 times, left-padded, then a completion of
@@ -90,8 +87,9 @@ def main() -> None:
     for name, p in model.named_parameters():  # PEFT starts B at 0; nonzero B gives nonzero gradients for A too
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
-    # completion lengths of a real step (one completion per row, some cut off at the limit, as TRL logs them)
-    lengths = [64, 12, 40, 64, 9, 33, 64, 21, 50, 64, 11, 27, 64, 45, 18, 64][:COMPLETIONS_PER_STEP]
+    # completion lengths of a real step: one per row of its 4 prompts x 4 generations, some cut off at the recipe's
+    # 64-token limit, as TRL logs them
+    lengths = [64, 12, 40, 64, 9, 33, 64, 21, 50, 64, 11, 27, 64, 45, 18, 64]
     batch = real_batch(tokenizer, lengths)
     scored = int((batch["labels"] != -100).sum())
     print(f"bench_lm_head: {args.threads} thread(s); batch {tuple(batch['input_ids'].shape)} "
