@@ -1,6 +1,13 @@
 """Correctness of a completion against a gold answer: strict (format-compliant) and lenient.
 
-Math answers are compared with math-verify; multiple-choice answers (choice=True) are letters read by pattern."""
+Math answers are compared with math-verify; multiple-choice answers (choice=True) are letters read by pattern.
+What a math answer may be is its benchmark's answer kind (ANSWER_KINDS):
+  math    any expression math-verify finds equal to the gold (the default; the paper's benchmarks)
+  number  a number written out: an integer, a decimal or a fraction, or an equation whose right side is one
+          ("7 + 5 = 12"). For tasks whose question holds the computable expression: math-verify evaluates what it
+          parses, so `\\boxed{7 + 5}` would pass for 12 and restating the question would earn full marks (the real
+          study's runs learned exactly that under the math kind).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from sympy import Eq
 
 from tina_probe.errors import TinaError
 from tina_probe.formats import (FormatReport, boxed_contents, canonical_boxes, final_region, format_report,
@@ -28,6 +36,8 @@ _DELIMITERS = ("$", "\\boxed", "\\(", "\\[")
 _E_NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
 # A box holding only such a number, in a completion (after canonical_boxes).
 _E_NUMBER_BOX = re.compile(r"\\boxed\{\s*(" + _E_NUMBER.pattern + r")\s*\}")
+
+ANSWER_KINDS = ("math", "number")
 
 # ----- multiple choice: a letter answer, read by pattern (math-verify would read a bare letter as a variable)
 # The letter itself. Enclosed, in either case: "(B)", "(b)", "\text{B}". Bare, only an upper-case A-J that ends the
@@ -90,6 +100,30 @@ def normalize_gold(gold: str | int | float) -> str:
     if not text:
         raise TinaError("gold answer: empty")
     return text
+
+
+def check_answer_kind(kind: str, where: str) -> str:
+    """The answer kind, checked against ANSWER_KINDS; a TinaError naming `where` otherwise."""
+    if kind not in ANSWER_KINDS:
+        raise TinaError(f"{where}: answer_kind must be one of {', '.join(ANSWER_KINDS)}, got {kind!r}")
+    return kind
+
+
+def written_number(parsed: list) -> bool:
+    """Rule `number`: math-verify's reading is a number as written (an integer, decimal or fraction), or an
+    equation whose right side is one; `7 + 5`, `2^3` or `7 \\times 5` are expressions, not numbers. math-verify
+    parses without evaluating (its sympy value of `\\boxed{7 + 5}` is an unevaluated sum), so the test is on it."""
+    if not parsed:
+        return False
+    value = parsed[0]
+    if isinstance(value, Eq):
+        value = value.rhs
+    return bool(getattr(value, "is_Number", False))
+
+
+def _kind_filter(parsed: list, answer_kind: str) -> list:
+    """The parsed answer as math-verify read it, or no answer where the kind rejects it (see ANSWER_KINDS)."""
+    return parsed if answer_kind == "math" or written_number(parsed) else []
 
 
 def scientific_latex(text: str) -> str:
@@ -173,20 +207,22 @@ def grade(
     think_in_prompt: bool = False,
     choice: bool = False,
     answer_format: str = "think_boxed",
+    answer_kind: str = "math",
 ) -> Grade:
     """Grade one completion: strict needs the format and its single final answer; lenient reads anywhere.
 
     choice=True for multiple-choice benchmarks: the answer is a letter on a final `Answer: X` line, not a box.
-    answer_format: formats.ANSWER_FORMATS (think_boxed: after </think>; boxed: thinking tags optional)."""
+    answer_format: formats.ANSWER_FORMATS (think_boxed: after </think>; boxed: thinking tags optional).
+    answer_kind: ANSWER_KINDS (math: any equal expression; number: a number written out), strict and lenient alike."""
     gold_text = choice_gold(gold) if choice else normalize_gold(gold)
     return _grade(completion, gold_text, bool(truncated), bool(think_in_prompt), _timeout(), bool(choice),
-                  str(answer_format), not slow_paths())
+                  str(answer_format), not slow_paths(), check_answer_kind(str(answer_kind), "grade"))
 
 
 @lru_cache(maxsize=4096)  # completions can be long: a bounded cache (tens of MB at most)
 def _grade(
     completion: str, gold_text: str, truncated: bool, think_in_prompt: bool, timeout: int | None, choice: bool,
-    answer_format: str = "think_boxed", fast: bool = True,
+    answer_format: str = "think_boxed", fast: bool = True, answer_kind: str = "math",
 ) -> Grade:
     """grade() of a normalized gold, cached: a sweep meets the same completion often (greedy checkpoints that
     agree, short sampled answers) and math-verify takes ~1 ms per parse. `timeout` (main thread or not) is part of
@@ -201,23 +237,26 @@ def _grade(
     after = boxed_contents(region)
     gold_int = plain_integer(gold_text) if fast else None
     if gold_int is not None:
-        return _grade_integer(completion, gold_text, gold_int, report, after)
-    strict = report.well_formatted and _matches(gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
+        return _grade_integer(completion, gold_text, gold_int, report, after, answer_kind)
+    strict = report.well_formatted and _matches(
+        gold_text, _kind_filter(_parse("\\boxed{" + scientific_latex(after[0]) + "}"), answer_kind))
     lenient_parsed = [] if strict else _parse(_scientific_boxes(canonical_boxes(completion)))
     # A strict-correct answer is found in the completion by definition: strict implies lenient.
-    lenient = strict or _matches(gold_text, lenient_parsed)
+    lenient = strict or _matches(gold_text, _kind_filter(lenient_parsed, answer_kind))
     extracted = after[-1] if after else _extracted_text(lenient_parsed)
     return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
 
 
-def _grade_integer(completion: str, gold_text: str, gold: int, report: FormatReport, after: list[str]) -> Grade:
+def _grade_integer(completion: str, gold_text: str, gold: int, report: FormatReport, after: list[str],
+                   answer_kind: str = "math") -> Grade:
     """A math grade against a plain-integer gold (text and value): integers compared as integers where the answer
-    read is a plain integer in a shape math-verify reads only one way (integer_answers), math-verify elsewhere."""
+    read is a plain integer in a shape math-verify reads only one way (integer_answers), math-verify elsewhere.
+    A plain integer is a written number, so the answer kind only filters what goes to math-verify."""
     strict = False
     if report.well_formatted:
         boxed = plain_integer(after[0])
         strict = boxed == gold if boxed is not None else _matches(
-            gold_text, _parse("\\boxed{" + scientific_latex(after[0]) + "}"))
+            gold_text, _kind_filter(_parse("\\boxed{" + scientific_latex(after[0]) + "}"), answer_kind))
     lenient_parsed: list = []
     if strict:
         lenient, read = True, None
@@ -228,7 +267,7 @@ def _grade_integer(completion: str, gold_text: str, gold: int, report: FormatRep
             lenient = int(read) == gold
         else:
             lenient_parsed = _parse(text)
-            lenient = _matches(gold_text, lenient_parsed)
+            lenient = _matches(gold_text, _kind_filter(lenient_parsed, answer_kind))
     extracted = after[-1] if after else read if read is not None else _extracted_text(lenient_parsed)
     return Grade(extracted_answer=extracted, correct_strict=strict, correct_lenient=lenient, format=report)
 
@@ -253,6 +292,7 @@ def grade_many(
     think_in_prompt: bool = False,
     choice: bool = False,
     answer_format: str = "think_boxed",
+    answer_kind: str = "math",
 ) -> list[Grade]:
     """Grade completions against their golds, pairwise (one gold per completion); choice for letter answers."""
     if truncated is None:
@@ -262,6 +302,7 @@ def grade_many(
             f"grade_many: {len(completions)} completions, {len(golds)} golds, {len(truncated)} truncated flags"
         )
     return [
-        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt, choice=choice, answer_format=answer_format)
+        grade(c, g, truncated=bool(t), think_in_prompt=think_in_prompt, choice=choice, answer_format=answer_format,
+              answer_kind=answer_kind)
         for c, g, t in zip(completions, golds, truncated)
     ]

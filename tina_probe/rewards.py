@@ -14,7 +14,7 @@ from typing import Any
 
 from tina_probe.errors import TinaError
 from tina_probe.formats import THINK_CLOSE, THINK_OPEN, check_answer_format, format_report
-from tina_probe.grading import grade, normalize_gold
+from tina_probe.grading import check_answer_kind, grade, normalize_gold
 
 # open-r1's <think>/<answer> layout, anchored at both ends.
 _R1_FORMAT = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$", re.DOTALL)
@@ -54,10 +54,11 @@ def _usable_gold(gold: Any) -> str | None:
         return None
 
 
-def _lenient_correct(text: str, gold: Any) -> bool | None:
-    """Lenient correctness (the paper's accuracy reward), None where the gold is missing."""
+def _lenient_correct(text: str, gold: Any, answer_kind: str = "math") -> bool | None:
+    """Lenient correctness (the paper's accuracy reward) under the answer kind (grading.ANSWER_KINDS), None where the
+    gold is missing."""
     gold_text = _usable_gold(gold)
-    return None if gold_text is None else grade(text, gold_text).correct_lenient
+    return None if gold_text is None else grade(text, gold_text, answer_kind=answer_kind).correct_lenient
 
 
 def _truncated(ids: Sequence[int] | None, max_completion_length: int | None) -> bool:
@@ -65,10 +66,13 @@ def _truncated(ids: Sequence[int] | None, max_completion_length: int | None) -> 
     return max_completion_length is not None and ids is not None and len(ids) >= max_completion_length
 
 
-def accuracy_reward(completions: list, **kwargs: Any) -> list[float | None]:
-    """1.0 when math-verify finds the gold answer in the completion (lenient grading), else 0.0."""
+def accuracy_reward(completions: list, *, answer_kind: str = "math", **kwargs: Any) -> list[float | None]:
+    """1.0 when math-verify finds the gold answer in the completion (lenient grading), else 0.0; answer_kind
+    "number" pays only an answer written as a number (grading.ANSWER_KINDS), not the question's expression."""
     texts = [completion_text(c) for c in completions]
-    return [None if ok is None else float(ok) for ok in map(_lenient_correct, texts, _golds(len(texts), kwargs))]
+    golds = _golds(len(texts), kwargs)
+    oks = (_lenient_correct(text, gold, answer_kind) for text, gold in zip(texts, golds))
+    return [None if ok is None else float(ok) for ok in oks]
 
 
 def format_reward(
@@ -116,6 +120,7 @@ def cosine_reward(
     min_value_correct: float = 0.5,
     max_value_correct: float = 1.0,
     max_len: int = 1000,
+    answer_kind: str = "math",
     **kwargs: Any,
 ) -> list[float | None]:
     """Cosine-scaled length reward: short correct answers earn most, long wrong ones are penalized least.
@@ -126,7 +131,7 @@ def cosine_reward(
     ids = completion_ids if completion_ids is not None else [None] * len(texts)
     rewards: list[float | None] = []
     for text, tokens, gold in zip(texts, ids, _golds(len(texts), kwargs)):
-        ok = _lenient_correct(text, gold)
+        ok = _lenient_correct(text, gold, answer_kind)
         if ok is None:
             rewards.append(None)
             continue
@@ -160,14 +165,16 @@ def make_cosine(
     max_value_wrong: float = -0.5,
     min_value_correct: float = 0.5,
     max_value_correct: float = 1.0,
+    answer_kind: str = "math",
 ) -> RewardFunc:
-    """The `cosine` reward with its length scale and reward range set (checked for sense)."""
+    """The `cosine` reward with its length scale, reward range and answer kind set (checked for sense)."""
     if max_len <= 0:
         raise TinaError(f"cosine reward: max_len must be positive, got {max_len}")
     if min_value_wrong > max_value_wrong or min_value_correct > max_value_correct:
         raise TinaError("cosine reward: each min_value must not exceed its max_value")
     options = dict(max_len=max_len, min_value_wrong=min_value_wrong, max_value_wrong=max_value_wrong,
-                   min_value_correct=min_value_correct, max_value_correct=max_value_correct)
+                   min_value_correct=min_value_correct, max_value_correct=max_value_correct,
+                   answer_kind=check_answer_kind(answer_kind, "cosine reward"))
     return RewardFunc("cosine", cosine_reward, tuple(options.items()))
 
 
@@ -184,6 +191,7 @@ _OPTIONS = {
     "think_in_prompt": {"format": "think_in_prompt", "format_r1": "think_in_prompt", "tag_count": "think_in_prompt"},
     "max_completion_length": {"format": "max_completion_length"},
     "answer_format": {"format": "answer_format"},
+    "answer_kind": {"accuracy": "answer_kind", "cosine": "answer_kind"},
     **{
         f"cosine_{opt}": {"cosine": opt}
         for opt in ("max_len", "min_value_wrong", "max_value_wrong", "min_value_correct", "max_value_correct")
@@ -193,7 +201,7 @@ _OPTIONS = {
 
 def get_reward_funcs(names: Sequence[str], **cfg: Any) -> list[RewardFunc]:
     """Reward functions by registry name, configured by cfg (think_in_prompt, max_completion_length, answer_format,
-    cosine_*)."""
+    answer_kind, cosine_*)."""
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         raise TinaError(f"rewards: unknown reward {unknown[0]!r} (known: {', '.join(REWARDS)})")
@@ -202,6 +210,8 @@ def get_reward_funcs(names: Sequence[str], **cfg: Any) -> list[RewardFunc]:
         raise TinaError(f"rewards: unknown option {bad[0]!r} (known: {', '.join(_OPTIONS)})")
     if "answer_format" in cfg:
         check_answer_format(cfg["answer_format"], "rewards: answer_format")
+    if "answer_kind" in cfg:
+        check_answer_kind(cfg["answer_kind"], "rewards")
     funcs = []
     for name in names:
         options = {kw: cfg[key] for key, targets in _OPTIONS.items() for target, kw in targets.items()

@@ -98,8 +98,9 @@ class Recipe:
     peft: PeftSpec | None = field(default_factory=PeftSpec)
     eval_benchmark: str = "lab-test"
     description: str = ""
-    # options of the rewards (tina_probe.rewards.get_reward_funcs): answer_format, max_completion_length,
-    # think_in_prompt, cosine_*; e.g. {answer_format: boxed} for a base that never writes thinking tags
+    # options of the rewards (tina_probe.rewards.get_reward_funcs): answer_format, answer_kind, max_completion_length,
+    # think_in_prompt, cosine_*; e.g. {answer_format: boxed} for a base that never writes thinking tags,
+    # {answer_kind: number} where the question holds the expression that math-verify would evaluate to the gold
     reward_options: dict[str, Any] = field(default_factory=dict)
 
     @property
