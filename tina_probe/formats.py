@@ -28,8 +28,8 @@ class FormatReport:
     n_boxed: int  # number of \boxed{...} in the whole completion
     n_boxed_after_think: int  # number of \boxed{...} after "</think>"
     truncated: bool  # generation hit max tokens
-    well_formatted: bool  # think_closed and n_boxed_after_think == 1 and not truncated (think_boxed); boxed:
-    #                       the same but thinking may be absent
+    well_formatted: bool  # think_closed and n_boxed_after_think == 1, that box not empty, and not truncated
+    #                       (think_boxed); boxed: the same but thinking may be absent
 
 
 def _closing_brace(text: str, start: int) -> int:
@@ -121,8 +121,10 @@ def format_report(completion: str, *, truncated: bool = False, think_in_prompt: 
     answer_format one of ANSWER_FORMATS (what well_formatted asks)."""
     think_closed = _think_closed(completion)
     tagged = thinking_required(completion, think_in_prompt, answer_format)
-    n_after = len(boxed_contents(final_region(completion, think_in_prompt=think_in_prompt,
-                                              answer_format=answer_format)))
+    after = boxed_contents(final_region(completion, think_in_prompt=think_in_prompt, answer_format=answer_format))
+    n_after = len(after)
+    # An empty \boxed{} states no answer: a real run learned "7 + 5 = \boxed{}." when the format reward paid it.
+    answered = n_after == 1 and after[0].strip() != ""
     return FormatReport(
         think_opened=think_in_prompt or THINK_OPEN in completion,
         think_closed=think_closed,
@@ -130,5 +132,5 @@ def format_report(completion: str, *, truncated: bool = False, think_in_prompt: 
         n_boxed=len(boxed_contents(completion)),
         n_boxed_after_think=n_after,
         truncated=bool(truncated),
-        well_formatted=(think_closed or not tagged) and n_after == 1 and not truncated,
+        well_formatted=(think_closed or not tagged) and answered and not truncated,
     )
