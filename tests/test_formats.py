@@ -134,3 +134,12 @@ def test_answer_region_boxed_format():
     assert answer_region("a \\boxed{1}") == ""
     assert answer_region("<think>a \\boxed{1}", "boxed") == ""
     assert answer_region("x</think>y", "boxed") == "y"
+
+
+def test_an_empty_box_is_not_an_answer():
+    """One \\boxed{} that holds nothing states no answer: not well formatted in either answer format."""
+    for fmt in ("boxed", "think_boxed"):
+        for text in ("<think>7 + 5</think> 7 + 5 = \\boxed{}.", "<think>x</think>\\boxed{ }"):
+            report = format_report(text, answer_format=fmt)
+            assert report.n_boxed_after_think == 1 and not report.well_formatted, (fmt, text)
+        assert format_report("<think>x</think>\\boxed{12}", answer_format=fmt).well_formatted

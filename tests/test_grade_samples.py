@@ -187,3 +187,17 @@ def test_multiple_choice_dumps_are_graded_by_their_answer_line(tmp_path, benchma
     assert s["correct_strict"].tolist() == [True, False, False]
     assert s["correct_lenient"].tolist() == [True, False, True]
     assert s["extracted_answer"].tolist() == ["B", "A", "B"]
+
+
+def test_samples_of_a_number_kind_benchmark_are_regraded_under_it(tmp_path):
+    """Completions named for real-test (answer_kind number in the registry): the echoed question is wrong there and
+    right under an unregistered name (the math kind)."""
+    comps = ["\\boxed{7 + 5}", "\\boxed{12}", "7 + 5 = \\boxed{}."]
+    rows = [{"problem_id": "q1", "answer": "12", "benchmark": b, "completion": c}
+            for b in ("real-test", "mine") for c in comps]
+    s = run_grade(_write_jsonl(tmp_path / "real.jsonl", rows), tmp_path / "res")["samples"]
+    by = s.sort_values("sample_idx").groupby("benchmark")
+    assert by.get_group("real-test")["correct_lenient"].tolist() == [False, True, False]
+    assert by.get_group("mine")["correct_lenient"].tolist() == [True, True, True]
+    # the format is the boxed one: the echo is well formatted (a wrong answer in the right place), the empty box not
+    assert by.get_group("real-test")["well_formatted"].tolist() == [True, True, False]

@@ -300,3 +300,84 @@ def test_unknown_answer_format_in_registry_is_one_line(tmp_path):
     reg.write_text("benchmarks:\n  x:\n    path: x.jsonl\n    answer_format: xml\n")
     with pytest.raises(TinaError, match=r"benchmark 'x'.*unknown answer format 'xml'"):
         registry(reg)
+
+
+# ----- answer kind `number`: the answer must be written as a number, not the question's expression
+
+NUMBER_KIND_CASES = [  # (completion, gold, strict under number, lenient under number, strict / lenient under math)
+    ("\\boxed{7 + 5}", "12", False, False, True, True),  # the question echoed: math-verify evaluates it
+    ("7 + 5 = \\boxed{}.", "12", False, False, False, True),  # an empty box: lenient math reads the expression
+    ("\\boxed{12}", "12", True, True, True, True),
+    ("7 + 5 = 12, so \\boxed{12}.", "12", True, True, True, True),
+    ("\\boxed{7 + 5 = 12}", "12", True, True, True, True),  # an equation ending in the number states it
+    ("\\boxed{x = 12}", "12", True, True, True, True),
+    ("\\boxed{12 = 7 + 5}", "12", False, False, True, True),  # its right side is an expression
+    ("\\boxed{2^3}", "8", False, False, True, True),
+    ("\\boxed{4 \\times 2}", "8", False, False, True, True),
+    ("\\boxed{-3}", "-3", True, True, True, True),
+    ("\\boxed{\\frac{3}{4}}", "3/4", True, True, True, True),
+    ("\\boxed{0.75}", "3/4", True, True, True, True),
+    ("7 + 5 = 12", "12", False, True, False, True),  # no box: lenient reads the last number
+    ("\\boxed{13}", "12", False, False, False, False),
+]
+
+
+@pytest.mark.parametrize("completion,gold,strict,lenient,strict_math,lenient_math", NUMBER_KIND_CASES)
+def test_number_answer_kind(completion, gold, strict, lenient, strict_math, lenient_math):
+    """answer_kind number refuses an expression (the echoed question) that math-verify would evaluate to the gold;
+    the math kind, the default, grades as before."""
+    g = grade(completion, gold, answer_format="boxed", answer_kind="number")
+    assert (g.correct_strict, g.correct_lenient) == (strict, lenient)
+    m = grade(completion, gold, answer_format="boxed")
+    assert (m.correct_strict, m.correct_lenient) == (strict_math, lenient_math)
+    assert grade_many([completion], [gold], answer_format="boxed", answer_kind="number")[0] == g
+
+
+def test_number_answer_kind_fast_and_slow_paths_agree(monkeypatch):
+    """The plain-integer path and math-verify alone (TINA_PROBE_SLOW_PATHS=1) grade every case alike."""
+    from tina_probe.grading import _grade
+
+    fast = [grade(c, g, answer_format="boxed", answer_kind="number") for c, g, *_ in NUMBER_KIND_CASES]
+    _grade.cache_clear()
+    monkeypatch.setenv("TINA_PROBE_SLOW_PATHS", "1")
+    slow = [grade(c, g, answer_format="boxed", answer_kind="number") for c, g, *_ in NUMBER_KIND_CASES]
+    _grade.cache_clear()
+    assert [(f.correct_strict, f.correct_lenient) for f in fast] == [(s.correct_strict, s.correct_lenient) for s in slow]
+
+
+def test_number_kind_never_passes_what_math_fails():
+    """Rule `number` only narrows: on every arithmetic answer shape, correct under number implies correct under math."""
+    shapes = ("\\boxed{{{a} {op} {b}}}", "\\boxed{{{v}}}", "{a} {op} {b} = {v}", "\\boxed{{{a} {op} {b} = {v}}}",
+              "{a} {op} {b} = \\boxed{{}}", "The answer is {v}.", "\\boxed{{{w}}}")
+    for a in range(2, 12, 3):
+        for b in range(2, 9, 2):
+            for op, v in (("+", a + b), ("-", a - b), ("\\times", a * b)):
+                for shape in shapes:
+                    text = shape.format(a=a, b=b, op=op, v=v, w=v + 1)
+                    n = grade(text, str(v), answer_format="boxed", answer_kind="number")
+                    m = grade(text, str(v), answer_format="boxed")
+                    assert (not n.correct_strict or m.correct_strict) and (not n.correct_lenient or m.correct_lenient)
+                    if shape.startswith("\\boxed{{{a}") and "=" not in shape:  # the echoed expression
+                        assert not n.correct_lenient and m.correct_lenient, text
+
+
+def test_unknown_answer_kind_is_one_line(tmp_path):
+    from tina_probe.benchmarks import registry
+
+    with pytest.raises(TinaError, match="answer_kind must be one of math, number, got 'integer'"):
+        grade("\\boxed{1}", "1", answer_kind="integer")
+    reg = tmp_path / "benchmarks.yaml"
+    reg.write_text("benchmarks:\n  x:\n    path: x.jsonl\n    answer_kind: integer\n")
+    with pytest.raises(TinaError, match=r"benchmarks.yaml: benchmark 'x': answer_kind must be one of"):
+        registry(reg)
+
+
+def test_real_benchmarks_grade_number_answers():
+    """The real task's splits are graded under rule `number`, so the echoed question is wrong; the lab's stay math."""
+    from tina_probe.benchmarks import registry
+
+    specs = registry()
+    assert specs["real-test"].answer_kind == specs["real-probe"].answer_kind == "number"
+    assert specs["lab-test"].answer_kind == "math"
+    bench = load_benchmark("real-test", limit=1)
+    assert bench.answer_kind == "number"

@@ -78,3 +78,16 @@ def test_identity_of_a_checkpoint_built_by_hand(runs_dir):
     bare = Checkpoint(run=lora.run, step=lora.step, kind="lora", path=lora.path, base=lora.base)
     assert checkpoint_identity(bare) == (lora.files, lora.base_files) == (
         weights_identity(lora.path), weights_identity(lora.base))
+
+
+def test_a_number_kind_benchmark_is_a_new_unit():
+    """Results graded under another answer kind are not resumed as these; the default kind keeps earlier keys."""
+    from dataclasses import replace
+
+    from tina_probe.benchmarks import load_benchmark
+    from tina_probe.eval_units import benchmark_fingerprint
+
+    bench = load_benchmark("real-test", limit=3)
+    as_math = replace(bench, answer_kind="math")
+    assert benchmark_fingerprint(bench) != benchmark_fingerprint(as_math)
+    assert benchmark_fingerprint(as_math) == benchmark_fingerprint(replace(as_math, name="other"))

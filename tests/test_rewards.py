@@ -107,3 +107,39 @@ def test_completion_text_forms():
     assert completion_text("abc") == "abc"
     assert completion_text([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]) == "ab"
     assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]) == "x"
+
+
+def test_answer_kind_number_pays_no_echo():
+    """answer_kind number: accuracy (and cosine) pay a computed number, not the question's expression in the box and
+    not an empty box (what two real runs learned under the math kind); the format reward refuses an empty box."""
+    completions = ["\\boxed{7 + 5}", "7 + 5 = \\boxed{}.", "7 + 5 = 12, \\boxed{12}", "\\boxed{13}"]
+    answers = ["12"] * 4
+    (acc_math,) = get_reward_funcs(["accuracy"])
+    (acc_num,) = get_reward_funcs(["accuracy"], answer_kind="number")
+    assert trl_call(acc_math, completions, answers) == [1.0, 1.0, 1.0, 0.0]
+    assert trl_call(acc_num, completions, answers) == [0.0, 0.0, 1.0, 0.0]
+    (cos_num,) = get_reward_funcs(["cosine"], answer_kind="number", cosine_max_len=100)
+    rewards = trl_call(cos_num, completions, answers)
+    assert rewards[2] > 0 > max(rewards[0], rewards[1], rewards[3])
+    (fmt,) = get_reward_funcs(["format"], answer_format="boxed")
+    assert trl_call(fmt, completions, answers) == [1.0, 0.0, 1.0, 1.0]
+    with pytest.raises(TinaError, match="answer_kind must be one of math, number"):
+        get_reward_funcs(["accuracy"], answer_kind="numbers")
+    with pytest.raises(TinaError, match="cosine reward: answer_kind"):
+        make_cosine(answer_kind="numbers")
+
+
+def test_real_recipes_reward_number_answers():
+    """Both real recipes bind answer_kind number to their accuracy reward: the echo earns format only (1 of 3)."""
+    from pathlib import Path
+
+    from train.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[1] / "train" / "recipes"
+    for name in ("real-lora", "real-full"):
+        recipe = load_recipe(root / f"{name}.yaml")
+        funcs = get_reward_funcs(list(recipe.rewards), **recipe.reward_options)
+        total = [sum(recipe.rewards[f.name] * r for f, r in zip(funcs, rs))
+                 for rs in zip(*(trl_call(f, ["\\boxed{7 + 5}", "\\boxed{12}"], ["12", "12"], ids=[[1], [1]])
+                                 for f in funcs))]
+        assert total == [1.0, 3.0], name

@@ -17,6 +17,7 @@ import yaml
 
 from tina_probe.errors import TinaError
 from tina_probe.formats import check_answer_format
+from tina_probe.grading import check_answer_kind
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 REGISTRY = DATA_DIR / "benchmarks.yaml"
@@ -61,6 +62,7 @@ class BenchmarkSpec:
     template: str = "{question}"
     think_in_prompt: bool = False
     answer_format: str = "think_boxed"  # formats.ANSWER_FORMATS: what strict grading and format compliance ask
+    answer_kind: str = "math"  # grading.ANSWER_KINDS: what a math answer may be (number: written out, no expression)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Benchmark:
     source: str = ""
     think_in_prompt: bool = False
     answer_format: str = "think_boxed"
+    answer_kind: str = "math"
     spec: BenchmarkSpec | None = field(default=None, compare=False)
     choice: bool = False  # grade with grading.grade(..., choice=True): a final `Answer: X` line, not a box
 
@@ -151,7 +154,8 @@ def _spec_from_entry(name: str, entry: dict, templates: dict, where: Path) -> Be
     if not isinstance(entry, dict):
         raise TinaError(f"{where}: benchmark {name!r} is not a mapping")
     unknown = set(entry) - {"path", "dataset", "config", "split", "question", "answer", "id", "extract",
-                            "choices", "distractors", "template", "think_in_prompt", "answer_format"}
+                            "choices", "distractors", "template", "think_in_prompt", "answer_format",
+                            "answer_kind"}
     if unknown:
         raise TinaError(f"{where}: benchmark {name!r} has unknown keys {sorted(unknown)}")
     if not entry.get("path") and not entry.get("dataset"):
@@ -170,6 +174,7 @@ def _spec_from_entry(name: str, entry: dict, templates: dict, where: Path) -> Be
         think_in_prompt=bool(entry.get("think_in_prompt", False)),
         answer_format=check_answer_format(str(entry.get("answer_format", "think_boxed")),
                                           f"{where}: benchmark {name!r}"),
+        answer_kind=check_answer_kind(str(entry.get("answer_kind", "math")), f"{where}: benchmark {name!r}"),
     )
 
 
@@ -399,7 +404,7 @@ def load_spec(spec: BenchmarkSpec, limit: int | None = None) -> Benchmark:
         raise TinaError(f"{source}: problem id {dupe!r} appears twice")
     choice = is_choice(spec, rows) or golds_are_choices(spec, (p.answer for p in problems))
     return Benchmark(name=spec.name, problems=problems, source=source, think_in_prompt=spec.think_in_prompt,
-                     answer_format=spec.answer_format, spec=spec, choice=choice)
+                     answer_format=spec.answer_format, answer_kind=spec.answer_kind, spec=spec, choice=choice)
 
 
 def load_benchmark(name_or_path: str, limit: int | None = None) -> Benchmark:

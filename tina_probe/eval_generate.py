@@ -29,12 +29,13 @@ def think_in_prompt(rendered: str, bench: Benchmark) -> bool:
 
 
 def graded_fields(completion: str, gold, *, truncated: bool, think: bool, choice: bool = False,
-                  answer_format: str = "think_boxed") -> dict:
+                  answer_format: str = "think_boxed", answer_kind: str = "math") -> dict:
     """The grade and format columns of one samples row (shared with `tina-probe grade`); choice: the gold is a
-    letter (multiple choice, read from the final `Answer: X` line); answer_format: the benchmark's."""
+    letter (multiple choice, read from the final `Answer: X` line); answer_format and answer_kind: the benchmark's."""
     from tina_probe.grading import grade
 
-    g = grade(completion, gold, truncated=truncated, think_in_prompt=think, choice=choice, answer_format=answer_format)
+    g = grade(completion, gold, truncated=truncated, think_in_prompt=think, choice=choice, answer_format=answer_format,
+              answer_kind=answer_kind)
     f = g.format
     return {
         "extracted_answer": g.extracted_answer, "correct_strict": bool(g.correct_strict),
@@ -54,7 +55,7 @@ def grade_rows(ckpt: Checkpoint, bench: Benchmark, completions, s: SamplingSetti
                 "run": ckpt.run, "step": int(ckpt.step), "kind": ckpt.kind, "benchmark": bench.name,
                 "problem_id": str(problem.id), "sample_idx": idx, "completion": c.text,
                 **graded_fields(c.text, problem.answer, truncated=c.truncated, think=think, choice=bench.choice,
-                                answer_format=bench.answer_format),
+                                answer_format=bench.answer_format, answer_kind=bench.answer_kind),
                 "n_tokens": int(c.n_tokens), "answer": problem.answer, "checkpoint": str(ckpt.path),
                 "base": ckpt.base, "sampling": sampling_label(s), "n_samples": s.n,
                 "temperature": float(s.temperature), "top_p": float(s.top_p), "max_tokens": s.max_tokens,

@@ -31,8 +31,11 @@ def sampling_label(s: SamplingSettings) -> str:
 
 
 def benchmark_fingerprint(bench: Benchmark) -> str:
-    """A hash of a benchmark's problems (ids, prompts, answers): a changed file or --limit is a new unit."""
+    """A hash of a benchmark's problems (ids, prompts, answers): a changed file or --limit is a new unit. A
+    non-default answer kind is hashed too, so results graded under another kind are not resumed as these."""
     h = hashlib.sha256()
+    if bench.answer_kind != "math":  # the default leaves the keys of earlier stores as they were
+        h.update(f"answer_kind={bench.answer_kind}\x02".encode())
     for p in bench.problems:
         h.update(f"{p.id}\x00{p.prompt}\x00{p.answer}\x01".encode())
     return h.hexdigest()[:16]

@@ -142,13 +142,20 @@ def answer_formats(df: pd.DataFrame, specs: dict) -> dict[str, str]:
             for name in df["benchmark"].unique()}
 
 
+def answer_kinds(df: pd.DataFrame, specs: dict) -> dict[str, str]:
+    """Each benchmark's answer kind: its registry entry's, else math (the default kind)."""
+    return {str(name): specs[str(name)].answer_kind if str(name) in specs else "math"
+            for name in df["benchmark"].unique()}
+
+
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Samples rows with the grade and format columns added (pure but for math-verify's timeouts)."""
-    specs = registry()  # read once for both lookups
-    choice, formats = choice_benchmarks(df, specs), answer_formats(df, specs)
+    specs = registry()  # read once for every lookup
+    choice, formats, kinds = choice_benchmarks(df, specs), answer_formats(df, specs), answer_kinds(df, specs)
     graded = [
         graded_fields(row.completion, row.answer, truncated=bool(row.truncated), think=bool(row.think_in_prompt),
-                      choice=row.benchmark in choice, answer_format=formats[str(row.benchmark)])
+                      choice=row.benchmark in choice, answer_format=formats[str(row.benchmark)],
+                      answer_kind=kinds[str(row.benchmark)])
         for row in tqdm(df.itertuples(index=False), total=len(df), desc="grading", unit="completion")
     ]
     out = df.drop(columns=[c for c in graded[0] if c in df.columns]) if graded else df

@@ -34,11 +34,12 @@ def measurement_lines(meas: dict) -> list[str]:
     """The task-choice table (every candidate, chosen and rejected) and the training-cost figures, as markdown."""
     lines = ["## Task choice (measured on this base, sampled)", "",
              meas.get("protocol", ""), "",
-             "| candidate | what | answer format | problems x samples | lenient | strict | format | mean tokens | "
-             "truncated | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| candidate | what | answer format | answer kind | problems x samples | lenient | strict | format | "
+             "mean tokens | truncated | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in meas.get("candidates", []):
         lines.append(f"| `{c['name']}` | {c.get('what', '')} | {c.get('answer_format', 'think_boxed')} | "
+                     f"{c.get('answer_kind', 'math')} | "
                      f"{c['n_problems']} x {c['n_samples']} | "
                      f"{_pct(c['lenient'])} | {_pct(c['strict'])} | {_pct(c['format_rate'])} | "
                      f"{c['mean_tokens']:.0f} | {_pct(c['truncated'])} | {c.get('verdict', '')} |")

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tina_probe.grading import grade
-from tina_probe.real.tasks import CANDIDATES, INSTRUCTION_FORMATS, SplitSizes, make_splits, prompt_for
+from tina_probe.real.tasks import (CANDIDATES, INSTRUCTION_FORMATS, REAL_ANSWER_KIND, SplitSizes, make_splits,
+                                   prompt_for)
 
 LENIENT_RANGE = (0.15, 0.60)
 FORMAT_MAX = 0.50
@@ -39,6 +40,7 @@ class CandidateMeasure:
     truncated: float
     tokens_per_s: float
     verdict: str = ""
+    answer_kind: str = "math"  # grading.ANSWER_KINDS; measurements written before it existed were graded as math
 
 
 def verdict(m: CandidateMeasure) -> str:
@@ -63,7 +65,8 @@ def _measure(task: str, instruction: str, probs, outs, *, n: int, temperature: f
     answer_format = INSTRUCTION_FORMATS.get(instruction, "think_boxed")
     for p, group in zip(probs, outs):
         for c in group:
-            grades.append(grade(c.text, p.answer, truncated=c.truncated, answer_format=answer_format))
+            grades.append(grade(c.text, p.answer, truncated=c.truncated, answer_format=answer_format,
+                                answer_kind=REAL_ANSWER_KIND))
             toks.append(c.n_tokens)
             trunc.append(c.truncated)
     m = CandidateMeasure(
@@ -75,6 +78,7 @@ def _measure(task: str, instruction: str, probs, outs, *, n: int, temperature: f
         think_closed=float(np.mean([g.format.think_closed for g in grades])),
         boxed=float(np.mean([g.format.n_boxed > 0 for g in grades])),
         mean_tokens=float(np.mean(toks)), truncated=float(np.mean(trunc)), tokens_per_s=tokens_per_s,
+        answer_kind=REAL_ANSWER_KIND,
     )
     m.verdict = verdict(m)
     return m
@@ -140,7 +144,8 @@ def measure_and_record(name: str = "smollm2-135m-instruct", *, n_problems: int =
     record["protocol"] = (
         f"Each candidate: the first {n_problems} test problems of the task (seeded), {n} samples each at T=1, top-p 1, "
         f"at most {max_tokens} new tokens, through the chat template (default system prompt); lenient = "
-        "math-verify finds the answer anywhere, strict = well formatted and right, format = one `\\boxed{}` "
+        "math-verify finds the answer anywhere, written as a number (answer kind `number`: the question's own "
+        "expression does not count), strict = well formatted and right, format = one `\\boxed{}` "
         "answer (answer format `boxed`) or `</think>` closed once and one `\\boxed{}` after it (`think_boxed`), "
         "not truncated. Targets: lenient 15-60%, format under 50% "
         "(and above 0, or GRPO has no format signal). Measured by `tina-probe lab real-task --measure`.")

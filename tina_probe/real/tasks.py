@@ -165,6 +165,9 @@ def make_splits(task: str, *, seed: int = 0, sizes: SplitSizes = SplitSizes()) -
 
 # The answer format (formats.ANSWER_FORMATS) each instruction asks for: what its format reward and strict grade read.
 INSTRUCTION_FORMATS = {"boxed": "boxed", "box": "boxed", "think_box": "think_boxed", "think_box_example": "think_boxed"}
+# What an answer may be (grading.ANSWER_KINDS): a number written out. Every candidate's answer is an integer, and the
+# arithmetic ones hold the expression in the question, which math-verify would evaluate to the gold if boxed.
+REAL_ANSWER_KIND = "number"
 
 
 def prompt_for(question: str, instruction: str) -> str:
