@@ -420,3 +420,34 @@ def test_real_study_plans_evaluate_test_and_held_out_splits(tmp_path):
     assert budget["cut_off_share"]["512"] > 0.2  # why GSM8K left the default study
     lab = eval_calls(PLANS["quick"], [tmp_path / "lab-lora-r8", tmp_path / "lab-full"])
     assert lab == [([str(tmp_path / "lab-lora-r8"), str(tmp_path / "lab-full")], ["lab-test", "lab-probe"], 24, 2)]
+
+
+def test_task_measure_replaces_only_what_it_measured(tmp_path, monkeypatch):
+    """`lab real-task --measure --task T --instruction I` replaces those candidates' entries and keeps the others; the
+    card marks entries graded before the number kind; an unknown instruction is one line before any model loads."""
+    from tina_probe.real import card, measure
+    from tina_probe.real import models as models_mod
+
+    path = tmp_path / "base.measure.json"
+    old = {"name": "arith1-digits/box", "lenient": 0.2, "strict": 0.0, "format_rate": 0.05, "n_problems": 32,
+           "n_samples": 4, "mean_tokens": 39.0, "truncated": 0.3, "verdict": "chosen: fits"}
+    keep = dict(old, name="story1/box", verdict="rejected")
+    path.write_text(json.dumps({"candidates": [old, keep], "costs": ["kept"]}))
+    fresh = dict(old, lenient=0.1, format_rate=0.0, answer_kind="number", verdict="rejected: no format signal")
+    monkeypatch.setattr(card, "measurements_path", lambda name: path)
+    monkeypatch.setattr(models_mod, "ensure_base", lambda name: tmp_path)
+    monkeypatch.setattr(measure, "measure_candidates", lambda model, pairs, **kw: [fresh])
+    cards = []
+    monkeypatch.setattr(card, "write_card", lambda folder, base, facts: cards.append(folder))
+    (tmp_path / MARKER).write_text("{}")
+    record = measure.measure_and_record("smollm2-135m-instruct", tasks=["arith1-digits"], instructions=["box"])
+    stored = json.loads(path.read_text())
+    assert stored == record and stored["costs"] == ["kept"] and cards == [tmp_path]
+    assert [c["name"] for c in stored["candidates"]] == ["story1/box", "arith1-digits/box"]
+    assert stored["candidates"][1]["answer_kind"] == "number" and stored["candidates"][1]["lenient"] == 0.1
+    lines = "\n".join(card.measurement_lines(stored))
+    assert "| `story1/box` |  | think_boxed | math (earlier rules) |" in lines and "| number |" in lines
+    assert "*math (earlier rules)*" in lines
+    result = CliRunner().invoke(__import__("tina_probe.cli", fromlist=["app"]).app,
+                                ["lab", "real-task", "--measure", "--instruction", "shout"])
+    assert result.exit_code == 2 and "unknown instruction 'shout'" in result.output

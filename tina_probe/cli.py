@@ -432,7 +432,11 @@ def lab_real_task(measure: bool = typer.Option(False, "--measure", help="sample 
                   write: bool = typer.Option(False, "--write", help="write the chosen task's splits to data/real/"),
                   name: str = typer.Option("smollm2-135m-instruct", "--name", help="the real base to measure"),
                   n_problems: int = typer.Option(64, "--problems"), n: int = typer.Option(4, "--n"),
-                  max_tokens: int = typer.Option(64, "--max-tokens")):
+                  max_tokens: int = typer.Option(64, "--max-tokens"),
+                  tasks: Optional[list[str]] = typer.Option(None, "--task", help="measure only these task candidates "
+                                                            "(repeatable) [default: all]"),
+                  instructions: Optional[list[str]] = typer.Option(None, "--instruction", help="measure only these "
+                                                                   "instructions (repeatable) [default: all]")):
     """The real base's RL task: measure the candidates (--measure) and/or rewrite the shipped splits (--write)."""
     if not (measure or write):
         raise TinaError("lab real-task: say --measure, --write or both")
@@ -444,7 +448,15 @@ def lab_real_task(measure: bool = typer.Option(False, "--measure", help="sample 
     if measure:
         from tina_probe.real.measure import measure_and_record
 
-        measure_and_record(name, n_problems=n_problems, n=n, max_tokens=max_tokens)
+        from tina_probe.real.tasks import INSTRUCTIONS, candidate
+
+        for task in tasks or []:
+            candidate(task)  # an unknown name is one line before the base loads
+        unknown = [i for i in instructions or [] if i not in INSTRUCTIONS]
+        if unknown:
+            raise TinaError(f"lab real-task: unknown instruction {unknown[0]!r} (known: {', '.join(INSTRUCTIONS)})")
+        measure_and_record(name, n_problems=n_problems, n=n, max_tokens=max_tokens, tasks=tasks or None,
+                           instructions=instructions or None)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -39,10 +39,14 @@ def measurement_lines(meas: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in meas.get("candidates", []):
         lines.append(f"| `{c['name']}` | {c.get('what', '')} | {c.get('answer_format', 'think_boxed')} | "
-                     f"{c.get('answer_kind', 'math')} | "
+                     f"{c.get('answer_kind', 'math (earlier rules)')} | "
                      f"{c['n_problems']} x {c['n_samples']} | "
                      f"{_pct(c['lenient'])} | {_pct(c['strict'])} | {_pct(c['format_rate'])} | "
                      f"{c['mean_tokens']:.0f} | {_pct(c['truncated'])} | {c.get('verdict', '')} |")
+    if any("answer_kind" not in c for c in meas.get("candidates", [])):
+        lines += ["", "*math (earlier rules)*: measured before answers had to be written numbers and before an empty "
+                  "`\\boxed{}` stopped counting as formatted, so its lenient and format figures count the question's "
+                  "expression in the box and the instruction's empty box copied."]
     for key, title in (("costs", "## Cost of training and evaluation (this project's 2-core machine)"),
                        ("short_run", "## A short LoRA run (does the format reward rise at all?)")):
         if meas.get(key):

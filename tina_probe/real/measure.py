@@ -149,7 +149,10 @@ def measure_and_record(name: str = "smollm2-135m-instruct", *, n_problems: int =
         "answer (answer format `boxed`) or `</think>` closed once and one `\\boxed{}` after it (`think_boxed`), "
         "not truncated. Targets: lenient 15-60%, format under 50% "
         "(and above 0, or GRPO has no format signal). Measured by `tina-probe lab real-task --measure`.")
-    record["candidates"] = cands
+    # candidates measured now replace their earlier entries; the others are kept (their `answer_kind` says how
+    # they were graded: none means math, from before the number kind existed)
+    fresh = {c["name"] for c in cands}
+    record["candidates"] = [c for c in record.get("candidates", []) if c["name"] not in fresh] + cands
     atomic_write_json(path, record)
     write_card(folder, KNOWN[name], json.loads((folder / MARKER).read_text()))
     return record

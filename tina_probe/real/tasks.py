@@ -27,10 +27,17 @@ ITEMS = ("apples", "books", "marbles", "stickers", "pencils", "cookies", "coins"
 BOXES = ("bags", "boxes", "jars", "packs", "baskets")
 
 # How the prompt asks for the rewarded format. `think_box` says it; `think_box_example` also shows it once; `boxed`
-# is the DeepSeek-R1 / Qwen2.5-Math evaluation instruction (data/benchmarks.yaml's `boxed` template).
+# is the DeepSeek-R1 / Qwen2.5-Math evaluation instruction (data/benchmarks.yaml's `boxed` template). Under `box` the
+# base's only well-formatted answers were the instruction's empty `\boxed{}` copied, so `box_number`, `box_example`
+# and `box_worked` ask for a number in the box, the last two with an example of one.
 INSTRUCTIONS = {
     "boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
     "box": "{question}\nPut your final answer within \\boxed{{}}.",
+    "box_number": "{question}\nPut your final answer, a single number, within \\boxed{{}}.",
+    # the examples' numbers lie outside every candidate's answers, so copying an example is never right by chance
+    "box_example": "{question}\nPut your final answer within \\boxed{{}}, for example \\boxed{{100}}.",
+    "box_worked": "{question}\nGive the result as a number in \\boxed{{}}. Example: What is 30 + 40? 30 + 40 = 70, so "
+                  "the answer is \\boxed{{70}}.",
     "think_box": "{question}\nThink step by step inside <think> </think> tags, then give the final answer "
                  "as \\boxed{{number}}.",
     "think_box_example": "{question}\nFirst think inside <think> </think> tags, then write only the final answer "
@@ -164,7 +171,8 @@ def make_splits(task: str, *, seed: int = 0, sizes: SplitSizes = SplitSizes()) -
 
 
 # The answer format (formats.ANSWER_FORMATS) each instruction asks for: what its format reward and strict grade read.
-INSTRUCTION_FORMATS = {"boxed": "boxed", "box": "boxed", "think_box": "think_boxed", "think_box_example": "think_boxed"}
+INSTRUCTION_FORMATS = {"boxed": "boxed", "box": "boxed", "box_number": "boxed", "box_example": "boxed",
+                       "box_worked": "boxed", "think_box": "think_boxed", "think_box_example": "think_boxed"}
 # What an answer may be (grading.ANSWER_KINDS): a number written out. Every candidate's answer is an integer, and the
 # arithmetic ones hold the expression in the question, which math-verify would evaluate to the gold if boxed.
 REAL_ANSWER_KIND = "number"
@@ -193,11 +201,13 @@ def write_splits(task: str, out_dir: Path, *, instruction: str, seed: int = 0,
 
 # The study's task and instruction, chosen by measurement (data/real/<base>.measure.json, the base's model card).
 # With thinking tags asked for, no candidate was ever well formatted within 64 tokens (0 of 384 samples closed a
-# </think>), so GRPO would have had no format signal; in the boxed answer format (one \boxed{} answer, the
-# DeepSeek-R1 / Qwen2.5-Math evaluation format) `box` gave 21% lenient and 5.5% well formatted at T=1 (32 x 4),
-# inside both targets, with the shortest completions (39 tokens, 34% cut off at 64).
+# </think>), so GRPO would have had no format signal; the study rewards the boxed answer format (one \\boxed{}
+# answer). Graded as the study grades (a written number, a non-empty box; 32 x 4 samples at T=1), no instruction
+# meets both targets: `box` (the earlier choice) gave lenient 14.1% and format 3.1% with no right answer in a box
+# (its old 5.5% format was the instruction's empty box copied); `box_worked` gave lenient 10.9%, format 12.5% and the
+# only right boxed answers (strict 2.3%), so GRPO sees both rewards. It misses the 15% lenient target.
 CHOSEN_TASK = "arith1-digits"
-CHOSEN_INSTRUCTION = "box"
+CHOSEN_INSTRUCTION = "box_worked"
 CHOSEN_SIZES = SplitSizes(train=300, test=150, probe=100)  # the task has ~615 distinct problems
 
 
