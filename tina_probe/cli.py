@@ -328,11 +328,17 @@ def lab_real_sweep(lora: str = typer.Option("5e-4,1e-3,2e-3", "--lora", help="Lo
                    steps: int = typer.Option(8, "--steps", help="GRPO steps per run"),
                    out: Optional[Path] = typer.Option(None, "--out", help="the sweep's JSON [default: "
                                                       "results/real-sweep/lr-sweep.json]"),
-                   runs: Optional[Path] = typer.Option(None, "--runs", help="[default: runs/real-sweep/]")):
+                   runs: Optional[Path] = typer.Option(None, "--runs", help="[default: runs/real-sweep/]"),
+                   recorded: Optional[Path] = typer.Option(None, "--from", help="apply the rule again to a recorded "
+                                                           "sweep's JSON (no training); writes --out, else in place")):
     """Learning rates for the real study by measurement: each arm trained STEPS steps per rate, two runs side by
     side; per arm, among the rates under which no rewarded part falls, the one with the highest late total training
     reward is chosen (rule: tina_probe/lab/lr_sweep.py)."""
-    from tina_probe.lab.lr_sweep import run_sweep
+    from tina_probe.lab.lr_sweep import rechoose, run_sweep
+
+    if recorded is not None:
+        rechoose(recorded, out)
+        return
 
     def rates(text: str, flag: str) -> tuple[float, ...]:
         try:
