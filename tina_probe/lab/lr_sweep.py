@@ -3,20 +3,21 @@
 Each arm (the LoRA recipe and the full-FT recipe) is trained a few GRPO steps at every learning rate of its grid, with
 the same data, seed, rewards and batch, and the training rewards of every step are recorded (`data/real/lr-sweep.json`).
 
-Rule (stated once, applied per arm): among the rates under which no rewarded part falls, the chosen rate is the one with the highest mean *total* training
-reward (the recipe's weighted sum of its rewards, which GRPO maximises) over the second half of the steps; its
-standard error is the spread of those steps' means over the square root of their number (each step samples new
-prompts). A rate under which a part falls trades one reward for another (measured on the real task: LoRA at 2e-3
-dropped the boxed format to 0.02 and answered with the bare number, 6 tokens, which lenient accuracy still pays);
-it is reported as "falls" and chosen only when every rate falls. A part falls when
+Rule (stated once, applied per arm): among the rates under which no rewarded part falls, the chosen rate is the one
+with the highest mean *total* training reward (the recipe's weighted sum of its rewards, which GRPO maximises) over
+the second half of the steps; its standard error is the spread of those steps' means over the square root of their
+number (each step samples new prompts). A rate under which a part falls trades one reward for another (measured on
+the real task: LoRA at 2e-3 dropped the boxed format to 0.02 and answered with the bare number, 6 tokens, which
+lenient accuracy still pays); it is reported as "falls" and chosen only when every rate falls. A part falls when
   - its late mean is below its first step's, or
   - (accuracy) the late completions are right significantly less often than the base's on the task (one-sided
     Fisher exact test at 0.05, scipy.stats.fisher_exact, of two samples: the late steps' completions, whose share
     right is the late accuracy reward, and the base's task measurement, data/real/<base>.measure.json, the same
-    prompts and sampling, itself a sample of n_problems x n_samples). One step's 16 completions can hold no right answer by chance, so the first step alone misses a
-    collapse: measured on the real task, LoRA at 1e-3 and 2e-3 and full FT at 5e-5 learned to box the instruction's
-    example answer (`\\boxed{70}`: format reward 1, accuracy 0, 0 right of 64 late completions against the base's
-    10.9%), which the first-step comparison (0.00 at step 1) did not see.
+    prompts and sampling, itself a sample of n_problems x n_samples). One step's 16 completions can hold no right
+    answer by chance, so the first step alone misses a collapse: measured on the real task, LoRA at 1e-3 and 2e-3
+    and full FT at 5e-5 learned to box the instruction's example answer (`\\boxed{70}`: format reward 1, accuracy
+    0, 0 right of 64 late completions against the base's 10.9%), which the first-step comparison (0.00 at step 1)
+    did not see.
 The ratio of the chosen LoRA rate to the chosen full-FT rate is printed beside the ~10x that "LoRA Without Regret"
 (Thinking Machines, 2025) reports for RL.
 """
