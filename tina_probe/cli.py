@@ -453,7 +453,6 @@ def lab_real_task(measure: bool = typer.Option(False, "--measure", help="sample 
             typer.echo(f"{split}: {path}")
     if measure:
         from tina_probe.real.measure import measure_and_record
-
         from tina_probe.real.tasks import INSTRUCTIONS, candidate
 
         for task in tasks or []:

@@ -104,6 +104,7 @@ def late_completions(run: dict) -> int | None:
 
 
 def run_falls(run: dict, base: dict | None) -> list[str]:
+    """falls() of a recorded sweep run, with its late completion count."""
     return falls(run["summary"], late_completions(run), base)
 
 
