@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tina_probe.benchmarks import answer_text, golds_are_choices, read_rows, registry
+from tina_probe.benchmarks import BenchmarkSpec, answer_text, golds_are_choices, read_rows, registry
 from tina_probe.errors import TinaError
 from tina_probe.eval_generate import graded_fields
 from tina_probe.eval_summary import summarize
@@ -136,26 +136,20 @@ def choice_benchmarks(df: pd.DataFrame, specs: dict) -> set[str]:
             if golds_are_choices(specs.get(str(name)), golds)}
 
 
-def answer_formats(df: pd.DataFrame, specs: dict) -> dict[str, str]:
-    """Each benchmark's answer format: its registry entry's, else think_boxed (the default format)."""
-    return {str(name): specs[str(name)].answer_format if str(name) in specs else "think_boxed"
-            for name in df["benchmark"].unique()}
-
-
-def answer_kinds(df: pd.DataFrame, specs: dict) -> dict[str, str]:
-    """Each benchmark's answer kind: its registry entry's, else math (the default kind)."""
-    return {str(name): specs[str(name)].answer_kind if str(name) in specs else "math"
-            for name in df["benchmark"].unique()}
+def grading_settings(df: pd.DataFrame, specs: dict) -> dict[str, BenchmarkSpec]:
+    """Each benchmark's spec for its grading settings (answer format and kind): its registry entry, else a spec with
+    the defaults (an unregistered name)."""
+    return {str(name): specs.get(str(name)) or BenchmarkSpec(name=str(name)) for name in df["benchmark"].unique()}
 
 
 def grade_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Samples rows with the grade and format columns added (pure but for math-verify's timeouts)."""
     specs = registry()  # read once for every lookup
-    choice, formats, kinds = choice_benchmarks(df, specs), answer_formats(df, specs), answer_kinds(df, specs)
+    choice, settings = choice_benchmarks(df, specs), grading_settings(df, specs)
     graded = [
         graded_fields(row.completion, row.answer, truncated=bool(row.truncated), think=bool(row.think_in_prompt),
-                      choice=row.benchmark in choice, answer_format=formats[str(row.benchmark)],
-                      answer_kind=kinds[str(row.benchmark)])
+                      choice=row.benchmark in choice, answer_format=settings[str(row.benchmark)].answer_format,
+                      answer_kind=settings[str(row.benchmark)].answer_kind)
         for row in tqdm(df.itertuples(index=False), total=len(df), desc="grading", unit="completion")
     ]
     out = df.drop(columns=[c for c in graded[0] if c in df.columns]) if graded else df
