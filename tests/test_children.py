@@ -97,3 +97,44 @@ def test_sigterm_as_exit_runs_finally_blocks_that_stop_children(tmp_path):
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     assert not _alive(child)
+
+
+def test_a_forked_child_runs_the_command_in_the_parents_folder_with_its_log_and_exit_code(tmp_path, monkeypatch):
+    """tina_probe/lab/forked.py: the child forked from the preloaded server behaves as `python -m tina_probe.cli`
+    would: relative paths from the parent's current folder, output in its log, the command's exit code."""
+    from tina_probe.lab.forked import ForkedChild
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    ok = ForkedChild(("phase", "--runs", "run", "--out", "store"), tmp_path / "ok.log", 1, dict(os.environ))
+    assert ok.wait(timeout=300) == 0 and ok.returncode == 0
+    assert (tmp_path / "store" / "phases.parquet").is_file()  # written under the parent's folder
+    assert "no trainer_state.json" in (tmp_path / "ok.log").read_text()
+    bad = ForkedChild(("phase", "--runs", "absent", "--out", "store"), tmp_path / "bad.log", 1, dict(os.environ))
+    assert bad.wait(timeout=300) == 2
+    assert "error: absent: no such run folder" in (tmp_path / "bad.log").read_text()
+
+
+def test_a_stopped_forked_child_ends_with_its_own_children(tmp_path):
+    """`children.stop` ends a forked `tina-probe app` and, through it, its Streamlit server (as for a subprocess)."""
+    from tina_probe.lab.forked import ForkedChild
+
+    port = _free_port()
+    child = ForkedChild(("app", "--out", str(tmp_path), "--port", str(port)), tmp_path / "app.log", 1,
+                        dict(os.environ))
+    try:
+        deadline = time.time() + 120
+        while not _listening(port) and time.time() < deadline:
+            assert child.poll() is None, (tmp_path / "app.log").read_text()[-500:]
+            time.sleep(0.5)
+        assert _listening(port), "the explorer never listened"
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.1)
+        stop(child, 60)
+        assert child.returncode is not None and not _alive(child.pid)
+        deadline = time.time() + 30
+        while _listening(port) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _listening(port), "the Streamlit server outlived its forked tina-probe app"
+    finally:
+        stop(child, 5)

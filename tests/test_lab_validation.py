@@ -8,6 +8,7 @@ with relative --out and --runs (issue 15: everything lands under the user's fold
 summary printed to a pipe is whole). One study serves both checks; a second one (`lab --quick`) would add minutes to
 the suite and test the same path."""
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,9 @@ def test_study_from_another_folder_writes_where_asked(validation):
     assert set(passk["run"]) == set(RUNS)
     assert (passk["step"] == 0).any() and (passk["step"] == 60).any()
     assert validation.repo_runs_after == validation.repo_runs_before  # nothing in the repository's own runs/
+    share = max(1, (os.cpu_count() or 2) // 2)  # two runs side by side split the cores (forked children too)
+    for run in RUNS:
+        assert json.loads((validation.user / "relruns" / run / "tina_run.json").read_text())["torch_threads"] == share
     assert "results -> " + str(store) in validation.proc.stdout
 
 

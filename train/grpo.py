@@ -319,8 +319,9 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     main = config.process_index == 0  # with several processes only the first writes (TRL saves checkpoints there)
+    # torch_threads: on CPU a float result can depend on the thread count, so the manifest says what the run had
     batch = {"processes": config.world_size, "per_device_train_batch_size": config.per_device_train_batch_size,
-             "completions_per_step": completions_per_step(config)}
+             "completions_per_step": completions_per_step(config), "torch_threads": torch.get_num_threads()}
     if main:
         write_manifest(run_dir, recipe, base, base_hash, data_hash, "running", batch)
     trainer = _counting_trainer()(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,

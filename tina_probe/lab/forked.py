@@ -1,0 +1,110 @@
+"""`tina-probe` children forked from one server that has imported the heavy libraries once (multiprocessing's
+forkserver, with `set_forkserver_preload`).
+
+Why: every child that starts as `python -m tina_probe.cli` imports torch, transformers, peft, pandas, statsmodels
+and seaborn again: ~6-7 s of CPU each on this machine (peft alone ~3 s, it pulls in much of transformers), and a
+study starts 13 children (`lab --quick`) or more. The server pays that once; a child forks from it in milliseconds
+and runs the same command line, with the same environment, thread count and log, as the subprocess would have.
+Nothing runs in the server but imports (no torch op, so no OpenMP pool exists to be broken by the fork).
+`TINA_PROBE_SLOW_PATHS=1` starts subprocesses instead (the path before this module).
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The imports that cost seconds in every stage (the server ignores any that fail). Not TRL: `train/grpo.py` must
+# patch it before its trainer is imported (`_quiet_trl`), and its own import is cheap.
+PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "scipy.stats", "statsmodels.api",
+           "math_verify", "seaborn")
+
+
+def _context():
+    """The forkserver context; its server starts once per process, with one thread for every library that reads
+    OMP_NUM_THREADS as it loads (numpy's and scipy's OpenBLAS create their pools then), so that a one-thread child,
+    the study's usual kind, is in the state a subprocess started with OMP_NUM_THREADS=1 would be in."""
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    return ctx
+
+
+def _child_main(args: tuple[str, ...], log: str | None, threads: int, env: dict[str, str], cwd: str) -> None:
+    """In the forked child: the subprocess's folder, environment and output, then `tina-probe ARGS` to its exit
+    code."""
+    os.chdir(cwd)  # the server's folder is the one it started in, not necessarily the parent's now
+    os.environ.clear()
+    os.environ.update(env)
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    # The server's libraries read OMP_NUM_THREADS=1 as they loaded; this child's count is set where they look now.
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+    sys.argv = ["tina-probe", *args]
+    from tina_probe.cli import app
+
+    code: int | str | None = 0
+    try:
+        app(args=list(args), prog_name="tina-probe")
+    except SystemExit as e:
+        code = e.code
+    finally:
+        atexit._run_exitfuncs()  # what a process's normal exit runs; multiprocessing ends its children with _exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+class ForkedChild:
+    """A forked `tina-probe` child with the part of `subprocess.Popen`'s interface the lab uses (poll, wait,
+    terminate, kill, send_signal, returncode, pid), so `children.stop` ends it the same way."""
+
+    def __init__(self, args: tuple[str, ...], log: Path | None, threads: int, env: dict[str, str]):
+        self._proc = _context().Process(target=_child_main, args=(tuple(args), str(log) if log else None, threads,
+                                                                   dict(env), os.getcwd()), daemon=False)
+        self._proc.start()
+        self.pid = self._proc.pid
+        self.args = args
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired(["tina-probe", *self.args], timeout)
+        return self._proc.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self._proc.exitcode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self._proc.terminate()
+
+    def kill(self) -> None:
+        self._proc.kill()
