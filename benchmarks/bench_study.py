@@ -6,8 +6,10 @@ one run, and the tables the two sides wrote compared cell for cell (same seeds: 
 the old paths (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval
 environment report per call and base forwards per checkpoint, TRL's LM head over every position in LoRA training)
 and the study's old way of running eval, spectra and
-retention: one process on both cores. Today's study runs them as two `--shard` processes side by side, one thread
-each (tina_probe/lab/workers.py), and so does the "after" side.
+retention: one process on both cores; every child a subprocess that imports torch, transformers and peft itself.
+Today's study runs them as two `--shard` processes side by side, one thread each (tina_probe/lab/workers.py), every
+child forked from one server that imported those libraries once (tina_probe/lab/forked.py), and so does the "after"
+side; the server's imports are counted in the first stage, where the study pays them.
 
 The floor of a stage is the least time its arithmetic and weight reads can take here: FLOPs done / the matmul FLOP/s
 torch reaches on one thread, and for decoding the weight bytes read per decoding step / the measured memory
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from tina_probe.lab.forked import ForkedChild, server_cpu_seconds  # noqa: E402
 from tina_probe.runs import training_log  # noqa: E402
 from tina_probe.slow_paths import ENV as SLOW_ENV  # noqa: E402
 
@@ -149,21 +152,20 @@ def svd_flops(m: int, n: int) -> float:
 # ----------------------------------------------------------------------------- running a stage
 
 
-def start(args: list[str], *, slow: bool, log: Path, threads: int = THREADS) -> subprocess.Popen:
-    """Start `tina-probe ARGS` in a child process with `threads` threads (and the old paths when `slow`)."""
+def start(args: list[str], *, slow: bool, log: Path, threads: int = THREADS, fork: bool | None = None):
+    """Start `tina-probe ARGS` in a child process with `threads` threads (and the old paths when `slow`): forked from
+    the preloaded server as the study starts its children (tina_probe/lab/forked.py), or, on the old side (or with
+    fork=False), as a subprocess that imports everything itself."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop(SLOW_ENV, None)
     if slow:
         env[SLOW_ENV] = "1"
+    if fork if fork is not None else not slow:
+        return ForkedChild(tuple(args), log, threads, env, cwd=ROOT, append=True)
     with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def cli(args: list[str], *, slow: bool, log: Path, threads: int = THREADS) -> bool:
-    """Run `tina-probe ARGS` to its end; True on success."""
-    return start(args, slow=slow, log=log, threads=threads).wait() == 0
 
 
 def together(calls: list[list[str]], *, slow: bool, log: Path) -> bool:
@@ -173,13 +175,18 @@ def together(calls: list[list[str]], *, slow: bool, log: Path) -> bool:
     return all([p.wait() == 0 for p in procs])
 
 
+def children_cpu() -> float:
+    """CPU seconds of every finished child: subprocesses (reaped by this process) and forked commands (reaped by
+    the forkserver, whose own CPU counts too: its imports are paid in the stage that starts it, as in the study)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + server_cpu_seconds()
+
+
 def timed(name: str, groups: list[list[list[str]]], *, slow: bool, log: Path) -> Stage:
     """One stage: its groups of CLI calls in turn (the calls of a group side by side), wall and children's CPU s."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu0, t0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
+    cpu0, t0 = children_cpu(), time.perf_counter()
     ok = all(together(calls, slow=slow, log=log) for calls in groups)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return Stage(name, wall=time.perf_counter() - t0, cpu=usage.ru_utime + usage.ru_stime - cpu0, ok=ok)
+    return Stage(name, wall=time.perf_counter() - t0, cpu=children_cpu() - cpu0, ok=ok)
 
 
 # ----------------------------------------------------------------------------- the work each stage did
@@ -342,7 +349,9 @@ def study(variants: list[Variant], size: Size, machine: dict, stages: tuple[str,
     stage so neither side always meets the colder caches. Returns one list of stages per variant."""
     for v in variants:
         v.root.mkdir(parents=True, exist_ok=True)
-        cli(["--help"], slow=v.slow, log=v.log)  # warm the file cache: imports cost the same on both sides
+        # warm the file cache with a subprocess on both sides: imports then cost the same, and the forkserver of
+        # today's side still starts (and imports) inside its first stage, as in the study
+        start(["--help"], slow=v.slow, log=v.log, fork=False).wait()
     results: list[list[Stage]] = [[] for _ in variants]
     for i, name in enumerate(stages):
         order = list(range(len(variants)))

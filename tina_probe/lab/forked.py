@@ -43,14 +43,15 @@ def _context():
     return ctx
 
 
-def _child_main(args: tuple[str, ...], log: str | None, threads: int, env: dict[str, str], cwd: str) -> None:
-    """In the forked child: the subprocess's folder, environment and output, then `tina-probe ARGS` to its exit
-    code."""
+def _child_main(args: tuple[str, ...], log: str | None, threads: int, env: dict[str, str], cwd: str,
+                append: bool) -> None:
+    """In the forked child: the subprocess's folder, environment and output (the log truncated, or appended to),
+    then `tina-probe ARGS` to its exit code."""
     os.chdir(cwd)  # the server's folder is the one it started in, not necessarily the parent's now
     os.environ.clear()
     os.environ.update(env)
     if log is not None:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
@@ -79,9 +80,11 @@ class ForkedChild:
     """A forked `tina-probe` child with the part of `subprocess.Popen`'s interface the lab uses (poll, wait,
     terminate, kill, send_signal, returncode, pid), so `children.stop` ends it the same way."""
 
-    def __init__(self, args: tuple[str, ...], log: Path | None, threads: int, env: dict[str, str]):
+    def __init__(self, args: tuple[str, ...], log: Path | None, threads: int, env: dict[str, str], *,
+                 cwd: Path | None = None, append: bool = False):
         self._proc = _context().Process(target=_child_main, args=(tuple(args), str(log) if log else None, threads,
-                                                                   dict(env), os.getcwd()), daemon=False)
+                                                                   dict(env), str(cwd or os.getcwd()), append),
+                                        daemon=False)
         self._proc.start()
         self.pid = self._proc.pid
         self.args = args
@@ -108,3 +111,19 @@ class ForkedChild:
 
     def kill(self) -> None:
         self._proc.kill()
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds of this process's forkserver so far, its own and its finished children's (the forked commands);
+    0 before it starts. Linux /proc only: for benchmarks/bench_study.py, whose children are not this process's own."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # private, but the only handle on the server
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: utime, stime, cutime, cstime are fields 14-17 of proc(5), here 11-14 (0-based)
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
