@@ -117,3 +117,19 @@ def test_every_eval_call_in_one_pool_with_its_own_logs(tmp_path):
 def test_two_children_with_one_log_are_refused(tmp_path):
     with pytest.raises(ValueError, match="one log"):
         run_children([Child("a", ("a",), tmp_path / "x.log"), Child("b", ("b",), tmp_path / "x.log")], 2)
+
+
+def test_children_fork_on_linux_and_start_as_subprocesses_elsewhere_or_on_the_old_paths(monkeypatch, tmp_path):
+    """workers.cli forks from the preloaded server (lab/forked.py) on Linux; elsewhere (no safe fork) and with
+    TINA_PROBE_SLOW_PATHS=1 (the old paths, for bench_study's before side) it starts `python -m tina_probe.cli`."""
+    from tina_probe.lab import forked
+
+    monkeypatch.setattr(forked.sys, "platform", "darwin")
+    assert not forked.available()
+    popened: list = []
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda cmd, **kw: popened.append(cmd) or "proc")
+    assert workers.cli("phase", "--help", threads=1, log=tmp_path / "a.log") == "proc"
+    monkeypatch.setattr(forked.sys, "platform", "linux")
+    monkeypatch.setenv("TINA_PROBE_SLOW_PATHS", "1")
+    assert workers.cli("phase", "--help", threads=1, log=tmp_path / "b.log") == "proc"
+    assert popened == [[sys.executable, "-m", "tina_probe.cli", "phase", "--help"]] * 2

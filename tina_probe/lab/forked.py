@@ -23,6 +23,25 @@ PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "scipy.
            "math_verify", "seaborn")
 
 
+def available() -> bool:
+    """Whether children can be forked from the server here: Linux only (macOS's system libraries are not safe to use
+    after a fork, and Windows has no fork), and not where the server failed to start (then subprocesses, once
+    warned)."""
+    global _BROKEN
+    if not sys.platform.startswith("linux") or _BROKEN:
+        return False
+    try:
+        _context()
+    except (OSError, ValueError) as e:
+        _BROKEN = True
+        print(f"warning: the lab's forkserver did not start ({e}); children start as subprocesses", file=sys.stderr)
+        return False
+    return True
+
+
+_BROKEN = False
+
+
 def _context():
     """The forkserver context; its server starts once per process, with one thread for every library that reads
     OMP_NUM_THREADS as it loads (numpy's and scipy's OpenBLAS create their pools then), so that a one-thread child,

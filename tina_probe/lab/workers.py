@@ -18,19 +18,20 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from tina_probe.errors import TinaError
+from tina_probe.lab import forked
 from tina_probe.slow_paths import slow_paths
 
 POLL_S = 2.0
 _TQDM_COUNT = re.compile(rb"(\d+)/(\d+) \[")  # tqdm's "n/total [" in a child's log
 
 
-def cli(*args: str, threads: int = 2, log: Path | None = None) -> subprocess.Popen:
-    """Start `tina-probe ARGS` in a subprocess (its own thread budget; output to `log` when given)."""
+def cli(*args: str, threads: int = 2, log: Path | None = None):
+    """Start `tina-probe ARGS` as a child with its own thread budget, output to `log` when given: forked from the
+    preloaded server (lab/forked.py) where it can, else a subprocess. Returns a `subprocess.Popen`, or a
+    `ForkedChild` with the same poll / wait / terminate interface."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    if not slow_paths():
-        from tina_probe.lab.forked import ForkedChild
-
-        return ForkedChild(args, log, threads, env)
+    if not slow_paths() and forked.available():
+        return forked.ForkedChild(args, log, threads, env)
     out = open(log, "w") if log else None
     try:
         # Every path in ARGS is absolute (run_lab resolves them against the user's folder), so the subprocess runs
