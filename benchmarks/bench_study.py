@@ -161,7 +161,8 @@ def start(args: list[str], *, slow: bool, log: Path, threads: int = THREADS, for
     env.pop(SLOW_ENV, None)
     if slow:
         env[SLOW_ENV] = "1"
-    if fork if fork is not None else not slow:
+    forking = (not slow) if fork is None else fork
+    if forking:
         return ForkedChild(tuple(args), log, threads, env, cwd=ROOT, append=True)
     with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "tina_probe.cli", *args], env=env, stdout=out,
