@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -81,11 +82,11 @@ def _child_main(args: tuple[str, ...], log: str | None, threads: int, env: dict[
     torch.set_num_threads(threads)
     threadpool_limits(limits=threads)
     sys.argv = ["tina-probe", *args]
-    from tina_probe.cli import app
-
+    # A copy the parent's main module brought in (multiprocessing imports it into the child) would make runpy warn.
+    sys.modules.pop("tina_probe.cli", None)
     code: int | str | None = 0
-    try:
-        app(args=list(args), prog_name="tina-probe")
+    try:  # what `python -m tina_probe.cli ARGS` runs (the face is run, not imported by this core module)
+        runpy.run_module("tina_probe.cli", run_name="__main__", alter_sys=True)
     except SystemExit as e:
         code = e.code
     finally:
