@@ -33,6 +33,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _await_listening(port: int, proc, why: str) -> None:
+    """Until the explorer listens on port (at most 120 s); proc must not end first (why: what to show if it does)."""
+    deadline = time.time() + 120
+    while not _listening(port) and time.time() < deadline:
+        assert proc.poll() is None, why
+        time.sleep(0.5)
+    assert _listening(port), "the explorer never listened"
+
+
+def _await_port_free(port: int) -> bool:
+    """Whether the port is free within 30 s (the Streamlit server ended)."""
+    deadline = time.time() + 30
+    while _listening(port) and time.time() < deadline:
+        time.sleep(0.5)
+    return not _listening(port)
+
+
 def _wait_pid(pid_file: Path) -> int:
     """The pid a child wrote to pid_file, once it has written it."""
     deadline = time.time() + 30
@@ -47,17 +64,10 @@ def test_app_sent_sigterm_ends_its_streamlit_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tina_probe.cli", "app", "--out", str(tmp_path), "--port",
                              str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while not _listening(port) and time.time() < deadline:
-            assert proc.poll() is None, "tina-probe app ended before its server listened"
-            time.sleep(0.5)
-        assert _listening(port), "the explorer never listened"
+        _await_listening(port, proc, "tina-probe app ended before its server listened")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        deadline = time.time() + 30
-        while _listening(port) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not _listening(port), "the Streamlit server outlived tina-probe app (orphaned, holding the port)"
+        assert _await_port_free(port), "the Streamlit server outlived tina-probe app (orphaned, holding the port)"
     finally:
         stop(proc, 5)
 
@@ -123,18 +133,11 @@ def test_a_stopped_forked_child_ends_with_its_own_children(tmp_path):
     child = ForkedChild(("app", "--out", str(tmp_path), "--port", str(port)), tmp_path / "app.log", 1,
                         dict(os.environ))
     try:
-        deadline = time.time() + 120
-        while not _listening(port) and time.time() < deadline:
-            assert child.poll() is None, (tmp_path / "app.log").read_text()[-500:]
-            time.sleep(0.5)
-        assert _listening(port), "the explorer never listened"
+        _await_listening(port, child, "the forked tina-probe app ended before its server listened")
         with pytest.raises(subprocess.TimeoutExpired):
             child.wait(timeout=0.1)
         stop(child, 60)
         assert child.returncode is not None and not _alive(child.pid)
-        deadline = time.time() + 30
-        while _listening(port) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not _listening(port), "the Streamlit server outlived its forked tina-probe app"
+        assert _await_port_free(port), "the Streamlit server outlived its forked tina-probe app"
     finally:
         stop(child, 5)
