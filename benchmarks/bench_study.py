@@ -169,6 +169,11 @@ def start(args: list[str], *, slow: bool, log: Path, threads: int = THREADS, for
                                 stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def cli(args: list[str], *, slow: bool, log: Path, threads: int = THREADS) -> bool:
+    """Run `tina-probe ARGS` to its end; True on success (benchmarks/bench_bf16.py trains through it)."""
+    return start(args, slow=slow, log=log, threads=threads).wait() == 0
+
+
 def together(calls: list[list[str]], *, slow: bool, log: Path) -> bool:
     """Run the calls side by side, the cores split between them (one call alone gets every core); True if all pass."""
     threads = max(1, CORES // len(calls))
