@@ -24,23 +24,25 @@ PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "scipy.
            "math_verify", "seaborn")
 
 
+_SERVER_STARTS: bool | None = None  # whether the server started, once tried in this process
+
+
 def available() -> bool:
     """Whether children can be forked from the server here: Linux only (macOS's system libraries are not safe to use
     after a fork, and Windows has no fork), and not where the server failed to start (then subprocesses, once
-    warned)."""
-    global _BROKEN
-    if not sys.platform.startswith("linux") or _BROKEN:
+    warned). The server is started on the first call only; each `ForkedChild` makes sure it still runs."""
+    global _SERVER_STARTS
+    if not sys.platform.startswith("linux"):
         return False
-    try:
-        _context()
-    except (OSError, ValueError) as e:
-        _BROKEN = True
-        print(f"warning: the lab's forkserver did not start ({e}); children start as subprocesses", file=sys.stderr)
-        return False
-    return True
-
-
-_BROKEN = False
+    if _SERVER_STARTS is None:
+        try:
+            _context()
+            _SERVER_STARTS = True
+        except (OSError, ValueError) as e:
+            _SERVER_STARTS = False
+            print(f"warning: the lab's forkserver did not start ({e}); children start as subprocesses",
+                  file=sys.stderr)
+    return _SERVER_STARTS
 
 
 def _context():
