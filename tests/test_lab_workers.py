@@ -65,6 +65,72 @@ def test_children_run_n_at_a_time_on_their_share_of_the_cores(tmp_path, monkeypa
     assert all(log_progress(k.log) == (3, 4) for k in kids)
 
 
+def test_a_child_starts_after_what_it_waits_for_and_a_free_core_takes_the_next_ready_one(tmp_path, monkeypatch):
+    """Rules W1-W2: 'b' waits for 'a' (long); 'c', listed after 'b' but ready, takes the free core meanwhile; a
+    two-thread child starts only when both threads are free."""
+    script = ("import sys, time\n"
+              "time.sleep(float(sys.argv[-1]) if len(sys.argv) > 1 else 0)\n")
+    started: list = []
+
+    def launch(*args, threads=2, log=None):
+        started.append((args[0], threads, time.monotonic()))
+        return subprocess.Popen([sys.executable, "-c", script, args[1]], stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT)
+
+    monkeypatch.setattr(workers, "cli", launch)
+    kids = [Child("a", ("a", "1.0"), tmp_path / "a.log", threads=1),
+            Child("b", ("b", "0.1"), tmp_path / "b.log", after=("a",), threads=1),
+            Child("c", ("c", "0.1"), tmp_path / "c.log", threads=1),
+            Child("d", ("d", "0.1"), tmp_path / "d.log", after=("b", "c"), threads=2)]
+    t0 = time.monotonic()
+    run_children(kids, parallel=1, threads=2)
+    at = {name: t - t0 for name, _, t in started}
+    assert [name for name, _, _ in started] == ["a", "c", "b", "d"]
+    assert at["c"] < 0.5 and at["b"] >= 0.9  # c did not wait for b's barrier; b waited for a
+    assert dict((name, thr) for name, thr, _ in started) == {"a": 1, "b": 1, "c": 1, "d": 2}
+
+
+def test_children_that_cannot_run_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown labels"):
+        run_children([Child("a", ("a",), tmp_path / "a.log", after=("zzz",))], 1)
+    with pytest.raises(ValueError, match="wait for one another"):
+        run_children([Child("a", ("a",), tmp_path / "a.log", after=("b",)),
+                       Child("b", ("b",), tmp_path / "b.log", after=("a",))], 1)
+
+
+def test_the_study_is_one_batch_each_child_after_only_what_it_reads(tmp_path):
+    """study_children: a run's eval waits for that run's training (and the shared base's eval), not for the other
+    runs; spectra wait for every run; phase and retention (its task KL reads eval's completions) for every eval;
+    finished runs leave nothing to wait for."""
+    from tina_probe.lab.study import study_children
+
+    kids, run_dirs = study_children(FULL, tmp_path / "out", tmp_path / "runs")
+    by = {k.label: k for k in kids}
+    assert [k.label for k in kids][:6] == [f"train {r}" for r in FULL.recipes]
+    assert by["eval-1 lab-full"].after == ("train lab-full", "eval-1 base (lab-lora-r8 step 0)")
+    base = by["eval-1 base (lab-lora-r8 step 0)"]
+    assert base.args[base.args.index("--steps") + 1] == "0" and base.after == ("train lab-lora-r8",)
+    assert by["eval-2 lab-control"].after == ("train lab-control",)  # alone on its base: no base child
+    evals = {k.label for k in kids if k.args[0] == "eval"}
+    trains = {f"train {r}" for r in FULL.recipes}
+    assert set(by["phase"].after) - trains == evals == set(by["retention 1/2"].after) - trains
+    assert set(by["spectra 2/2"].after) == trains
+    assert all(k.threads == 1 for k in kids)  # two cores: every child on one thread
+    for d in run_dirs:  # every run's eval is the same call as before, on that run alone
+        e = by[f"eval-{2 if d.name == 'lab-control' else 1} {d.name}"]
+        assert e.args[1:3] == ("--ckpts", str(d)) and "--shard" not in e.args
+    # a finished run has no train child, and nothing waits for one
+    done = run_dirs[0]
+    done.mkdir(parents=True)
+    (done / "tina_run.json").write_text('{"status": "complete", "global_step": 100}')
+    kids, _ = study_children(FULL, tmp_path / "out", tmp_path / "runs")
+    assert "train lab-lora-r8" not in {k.label for k in kids}
+    assert all("train lab-lora-r8" not in k.after for k in kids)
+    real, _ = study_children(REAL, tmp_path / "out", tmp_path / "runs")  # one analysis process on every core
+    assert [k.label for k in real] == ["train real-lora", "train real-full", "eval", "phase", "spectra"]
+    assert [k.threads for k in real][2:] == [os.cpu_count() or 2] * 3
+
+
 def test_a_failed_child_is_named_with_its_log_and_stops_the_others(tmp_path, monkeypatch):
     pid_file = tmp_path / "slow.pid"
     slow = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"

@@ -1,13 +1,15 @@
 """`tina-probe lab`: the whole LoRA vs full-FT study on the shipped model organism, resumable end to end.
 
 The core never imports `train/` or `analysis/`, so the study drives those steps through the `tina-probe`
-command line in subprocesses, which also lets two training runs share the two cores side by side, and eval, spectra
-and retention run as `--shard` processes side by side (lab/workers.py). Every step skips what the store or the runs
-folder already hold.
+command line in child processes, which also lets two training runs share the two cores side by side, and eval, spectra
+and retention run as processes side by side (lab/workers.py). Training, evaluation, retention, phase and spectra are
+one batch (study_children) in which each child waits only for what it reads, so a core freed by one run's training
+evaluates that run while the other still trains. Every step skips what the store or the runs folder already hold.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,15 +183,21 @@ class TrainJob:
         return steps
 
 
-def train_all(plan: StudyPlan, runs_root: Path) -> list[Path]:
-    """Train every recipe of the plan, `plan.parallel` at a time with one thread each; skip finished runs."""
-    jobs = [TrainJob(recipe, recipe + plan.name_suffix, plan.overrides) for recipe in plan.recipes]
-    return train_jobs(jobs, runs_root, plan.parallel)
-
-
 def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list[Path]:
     """Train each job in a `tina-probe train` subprocess, `parallel` at a time (the cores split between them);
     skip finished runs; a failed run stops the rest with its log's last lines."""
+    children, run_dirs = train_children(jobs, runs_root)
+    run_children(children, parallel)
+    return run_dirs
+
+
+def train_label(run_dir: Path) -> str:
+    return f"train {run_dir.name}"
+
+
+def train_children(jobs: list[TrainJob], runs_root: Path, threads: int | None = None) -> tuple[list[Child],
+                                                                                                list[Path]]:
+    """(a `tina-probe train` child for each unfinished job, every job's run folder)."""
     runs_root.mkdir(parents=True, exist_ok=True)
     children, run_dirs = [], []
     for job in jobs:
@@ -202,10 +210,9 @@ def train_jobs(jobs: list[TrainJob], runs_root: Path, parallel: int = 2) -> list
                 "--set", f"name={job.name}"]
         for o in job.overrides:
             args += ["--set", o]
-        children.append(Child(f"train {job.name}", tuple(args), run_dir / "train.log", total=job.max_steps,
-                              progress=lambda d=run_dir, t=job.max_steps: (_latest_step(d), t)))
-    run_children(children, parallel)
-    return run_dirs
+        children.append(Child(train_label(run_dir), tuple(args), run_dir / "train.log", total=job.max_steps,
+                              progress=lambda d=run_dir, t=job.max_steps: (_latest_step(d), t), threads=threads))
+    return children, run_dirs
 
 
 def stage_children(plan: StudyPlan, out: Path, stage: str, *args: str, tag: str = "") -> list[Child]:
@@ -232,6 +239,70 @@ def eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path]) -> list[Chil
                                    "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()),
                                    tag=f"-{k + 1}" if len(calls) > 1 else "")
     return children
+
+
+def _run_base(recipe: str, plan: StudyPlan) -> str:
+    """The base a run of the plan trains from (a `base=` override wins over the recipe's)."""
+    bases = [o.split("=", 1)[1] for o in plan.overrides if o.startswith("base=")]
+    return bases[-1] if bases else str(_recipe(recipe)["base"])
+
+
+def per_run_eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path], threads: int | None = None) -> list[Child]:
+    """Every eval call (eval_calls) as one child per run, each after its own run's training (rule W2 of
+    lab/workers.py: it reads no other run). Where runs of a call share a base, the base's completions come first, in
+    a child of their own after the first such run's training: eval generates a base once and copies its rows to every
+    run (rule 2 of tina_probe/eval_sweep.py), and two children side by side would each generate it. Every unit is
+    computed as in one call over all runs: one unit per generate wave, merged adapters restored bit-exactly."""
+    recipe_of = dict(zip(map(str, run_dirs), plan.recipes))
+    children: list[Child] = []
+    calls = eval_calls(plan, run_dirs)
+    for k, (dirs, benches, limit, n) in enumerate(calls):
+        tag = f"-{k + 1}" if len(calls) > 1 else ""
+        common = ("--benchmarks", ",".join(benches), "--n", str(n), "--temperature", "1.0", "--max-tokens",
+                  str(plan.max_tokens), "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()),
+                  "--out", str(out))
+        by_base: dict[str, list[Path]] = {}
+        for d in dirs:
+            by_base.setdefault(_run_base(recipe_of[d], plan), []).append(Path(d))
+        for group in by_base.values():
+            base_label: tuple[str, ...] = ()
+            if len(group) > 1:
+                first = group[0]
+                base_label = (f"eval{tag} base ({first.name} step 0)",)
+                children.append(Child(base_label[0], ("eval", "--ckpts", str(first), "--steps", "0", *common),
+                                      out / ".logs" / f"eval{tag}-base-{first.name}.log", after=(train_label(first),),
+                                      threads=threads))
+            children += [Child(f"eval{tag} {d.name}", ("eval", "--ckpts", str(d), *common),
+                               out / ".logs" / f"eval{tag}-{d.name}.log", after=(train_label(d), *base_label),
+                               threads=threads) for d in group]
+    return children
+
+
+def study_children(plan: StudyPlan, out: Path, runs_root: Path) -> tuple[list[Child], list[Path]]:
+    """Training, evaluation and the after-eval pool of a study as one batch for run_children, in priority order,
+    each child after only what it reads (rules W1-W2 of lab/workers.py): a run's eval starts as soon as that run is
+    trained, while the others still train; spectra after every run is trained; phase and retention after every
+    eval (the task KL reads eval's completions).
+    Plans with one analysis process (shards=1) keep one eval call over all runs. Returns (children, run folders)."""
+    from dataclasses import replace
+
+    cores = os.cpu_count() or 2
+    jobs = [TrainJob(recipe, recipe + plan.name_suffix, plan.overrides) for recipe in plan.recipes]
+    trains, run_dirs = train_children(jobs, runs_root, threads=max(1, cores // plan.parallel))
+    analysis = max(1, cores // plan.shards)
+    trained = tuple(c.label for c in trains)
+    if plan.shards > 1:
+        evals = per_run_eval_children(plan, out, run_dirs, analysis)
+    else:
+        evals = [replace(c, after=trained, threads=analysis) for c in eval_children(plan, out, run_dirs)]
+    evaluated = tuple(c.label for c in evals)
+    # spectra read only the checkpoints; phase reads the eval tables, and so does retention (the task KL compares
+    # each checkpoint's stored eval completions with its base's)
+    pool = [replace(c, after=trained if c.args[0] == "spectra" else (*trained, *evaluated), threads=analysis)
+            for c in after_eval_pool(plan, out, [str(d) for d in run_dirs])]
+    children = [*trains, *evals, *pool]
+    known = {c.label for c in children}  # a finished run has no train child: nothing to wait for
+    return [replace(c, after=tuple(a for a in c.after if a in known)) for c in children], run_dirs
 
 
 def retention_args(plan: StudyPlan) -> tuple[str, ...]:
@@ -365,14 +436,11 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
     out, runs_root = study_folders(name, out, runs_root)
     t0 = time.time()
     console.print(f"results -> {out}\nruns    -> {runs_root}", soft_wrap=True)
-    console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: train")
-    run_dirs = train_all(plan, runs_root)
-    console.rule("evaluate every checkpoint")
-    run_children(eval_children(plan, out, run_dirs), plan.shards)
+    children, run_dirs = study_children(plan, out, runs_root)
+    stages = ", ".join(dict.fromkeys(c.args[0] for c in children))
+    console.rule(f"tina-probe lab{'' if name == 'full' else ' ' + name}: {stages}")
+    run_children(children, parallel=1, threads=os.cpu_count() or 2)  # each child carries its own thread count
     ckpts = [str(d) for d in run_dirs]
-    pool = after_eval_pool(plan, out, ckpts)
-    console.rule(", ".join(dict.fromkeys(c.args[0] for c in pool)))
-    run_children(pool, plan.shards)
     if plan.spectra:
         if plan.shards > 1:  # nothing left to compute: consolidates and writes the cross-run update_overlap
             run_cli("spectra", "--ckpts", *ckpts, "--out", str(out), *spectra_args(plan))

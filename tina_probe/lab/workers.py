@@ -3,7 +3,13 @@ training runs, and its eval, spectra and retention split into `--shard i/N` proc
 
 Why processes: at the lab's shapes a second torch thread buys little (per-op overhead, not arithmetic, is the cost),
 while two one-thread processes keep both cores busy. Each child writes to its own log; a failed child stops the rest
-and is named with its log's last lines."""
+and is named with its log's last lines.
+
+Scheduling rules (run_children):
+W1 Order: a child starts when its `after` children have all ended and its threads fit in what the running ones leave
+   free; among those that can start, the one listed first. A study lists its children in priority order.
+W2 No idle core waits on a barrier: a child needs only what it reads (its `after`), not a whole stage before it.
+W3 A freed core is seen within WAKE_S; progress bars redraw every POLL_S."""
 from __future__ import annotations
 
 import os
@@ -21,7 +27,8 @@ from tina_probe.errors import TinaError
 from tina_probe.lab import forked
 from tina_probe.slow_paths import slow_paths
 
-POLL_S = 2.0
+POLL_S = 2.0  # progress bars redraw this often (rule W3)
+WAKE_S = 0.1  # finished children are looked for this often, so that a freed core takes the next one at once (W3)
 _TQDM_COUNT = re.compile(rb"(\d+)/(\d+) \[")  # tqdm's "n/total [" in a child's log
 
 
@@ -64,6 +71,8 @@ class Child:
     log: Path
     total: int | None = None
     progress: Callable[[], tuple[int, int] | None] | None = None
+    after: tuple[str, ...] = ()  # labels of the children that must end before this one starts (rule W1)
+    threads: int | None = None  # its thread count; None: run_children's
 
     def done(self) -> tuple[int, int] | None:
         return self.progress() if self.progress is not None else log_progress(self.log)
@@ -76,42 +85,71 @@ def shard_children(stage: str, args: Sequence[str], logs: Path, shards: int, tag
                   logs / f"{stage}{tag}-{i}of{shards}.log") for i in range(shards)]
 
 
-def run_children(children: Sequence[Child], parallel: int, threads: int | None = None) -> None:
-    """Run every child to its end, `parallel` at a time with `threads` each (default: the cores split between them),
-    in the order given; the first failure stops the others and raises with the failed child's log tail."""
-    from tina_probe.children import stop
-
+def _check_graph(children: Sequence[Child]) -> None:
+    """Refuse a batch that cannot run: two children writing one log, a label twice, an unknown `after` label."""
     logs = [c.log for c in children]
     if len(set(logs)) < len(logs):
         raise ValueError(f"two children would write one log: {sorted(str(x) for x in logs if logs.count(x) > 1)}")
+    labels = [c.label for c in children]
+    if any(c.after for c in children) and len(set(labels)) < len(labels):
+        raise ValueError(f"two children share a label: {sorted({x for x in labels if labels.count(x) > 1})}")
+    unknown = {a for c in children for a in c.after} - set(labels)
+    if unknown:
+        raise ValueError(f"children wait for unknown labels: {sorted(unknown)}")
+
+
+def run_children(children: Sequence[Child], parallel: int, threads: int | None = None) -> None:
+    """Run every child to its end on `parallel` x `threads` threads (default threads: the cores split `parallel`
+    ways), each child on its own `threads` or the default; which starts when is rules W1-W3. The first failure
+    stops the others and raises with the failed child's log tail."""
+    from tina_probe.children import stop
+
+    _check_graph(children)
     threads = threads or max(1, (os.cpu_count() or 2) // max(1, parallel))
+    capacity = parallel * threads
     pending = list(enumerate(children))
+    ended: set[str] = set()
     active: dict[int, tuple[Child, subprocess.Popen]] = {}
     bars: dict[int, tqdm] = {}
+    next_redraw = 0.0
     try:
         while pending or active:
-            while pending and len(active) < parallel:
-                i, child = pending.pop(0)
+            for i, child in list(pending):  # rule W1
+                need = min(child.threads or threads, capacity)
+                if sum(min(c.threads or threads, capacity) for c, _ in active.values()) + need > capacity:
+                    continue
+                if not set(child.after) <= ended:
+                    continue
+                pending.remove((i, child))
                 child.log.parent.mkdir(parents=True, exist_ok=True)
                 bars[i] = tqdm(total=child.total, desc=child.label, position=len(bars), leave=True,
                                dynamic_ncols=True)
-                active[i] = (child, cli(*child.args, threads=threads, log=child.log))
-            time.sleep(POLL_S)
+                active[i] = (child, cli(*child.args, threads=need, log=child.log))
+            if not active:
+                raise ValueError(f"children wait for one another: {[c.label for _, c in pending]}")
+            time.sleep(WAKE_S)
+            redraw = time.monotonic() >= next_redraw
+            if redraw:
+                next_redraw = time.monotonic() + POLL_S
             for i, (child, proc) in list(active.items()):
-                bar, seen = bars[i], child.done()
-                if seen is not None:
-                    if bar.total != seen[1]:
-                        bar.total = seen[1]
-                        bar.refresh()
-                    if seen[0] > bar.n:  # only real progress redraws (in a log file every redraw is a new line)
-                        bar.update(seen[0] - bar.n)
-                if proc.poll() is None:
+                finished = proc.poll() is not None
+                bar = bars[i]
+                if redraw or finished:
+                    seen = child.done()
+                    if seen is not None:
+                        if bar.total != seen[1]:
+                            bar.total = seen[1]
+                            bar.refresh()
+                        if seen[0] > bar.n:  # only real progress redraws (in a log file every redraw is a new line)
+                            bar.update(seen[0] - bar.n)
+                if not finished:
                     continue
                 del active[i]
                 if proc.returncode != 0:
                     tail = child.log.read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
                     raise TinaError(f"{child.log}: tina-probe {child.args[0]} ({child.label}) failed (exit "
                                     f"{proc.returncode}): {' | '.join(tail)}; rerun to resume")
+                ended.add(child.label)
                 if bar.total:
                     bar.update(bar.total - bar.n)
     finally:
