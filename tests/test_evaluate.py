@@ -168,6 +168,33 @@ def test_shards_together_equal_one_sweep(runs_dir, tmp_path, tiny_base):
         pd.testing.assert_frame_equal(both[name], one[name])
 
 
+def test_per_run_parts_without_summary_then_one_summary_equal_one_sweep(runs_dir, tmp_path, tiny_base):
+    """The lab study's split (lab/study.py per_run_eval_children): the base alone, then each run in shards, all with
+    summary=False (samples parts only, no tables), then the whole call once: the same tables as one sweep, and the
+    base generated once."""
+    right = {tiny_base.name: 1, "checkpoint-10": 1, "checkpoint-20": 2}
+    one = run_eval(_runs(runs_dir), out=tmp_path / "one", generator=Planted(right), **SETTINGS)
+    store = tmp_path / "split"
+    calls: list = []
+
+    class Counting(Planted):
+        def generate(self, prompts, *, adapter, **kw):
+            calls.append(Path(adapter).name if adapter is not None else self.model)
+            return super().generate(prompts, adapter=adapter, **kw)
+
+    gen = Counting(right)
+    assert run_eval(_runs(runs_dir)[:1], out=store, steps={0}, generator=gen, summary=False, **SETTINGS) == {}
+    base_calls = len(calls)
+    for run in _runs(runs_dir):
+        for shard in ((0, 2), (1, 2)):
+            assert run_eval([run], out=store, shard=shard, generator=gen, summary=False, **SETTINGS) == {}
+    assert not (store / "passk.parquet").exists() and not (store / "samples.parquet").exists()
+    assert base_calls and calls.count(tiny_base.name) == base_calls  # each run's step 0 copied, not generated again
+    tables = run_eval(_runs(runs_dir), out=store, generator=gen, **SETTINGS)
+    for name in one:
+        pd.testing.assert_frame_equal(tables[name], one[name])
+
+
 def test_steps_subset_and_explicit_benchmark(runs_dir, tmp_path, tiny_base, lab_data):
     gen = Planted({tiny_base.name: 0, "checkpoint-10": 1, "checkpoint-20": 2})
     tables = run_eval([str(runs_dir / "lab-lora")], benchmarks=[f"lab-test={lab_data}"], steps={0, 20},

@@ -99,26 +99,32 @@ def test_children_that_cannot_run_are_refused(tmp_path):
 
 
 def test_the_study_is_one_batch_each_child_after_only_what_it_reads(tmp_path):
-    """study_children: a run's eval waits for that run's training (and the shared base's eval), not for the other
-    runs; spectra wait for every run; phase and retention (its task KL reads eval's completions) for every eval;
-    finished runs leave nothing to wait for."""
+    """study_children: a run's eval shards wait for that run's training (and the shared base's eval), not for the
+    other runs, and write samples only; each eval call then writes the tables once, after every eval child; spectra
+    wait for every run; phase and retention (its task KL reads eval's completions) for the tables; finished runs
+    leave nothing to wait for."""
     from tina_probe.lab.study import study_children
 
     kids, run_dirs = study_children(FULL, tmp_path / "out", tmp_path / "runs")
     by = {k.label: k for k in kids}
     assert [k.label for k in kids][:6] == [f"train {r}" for r in FULL.recipes]
-    assert by["eval-1 lab-full"].after == ("train lab-full", "eval-1 base (lab-lora-r8 step 0)")
-    base = by["eval-1 base (lab-lora-r8 step 0)"]
-    assert base.args[base.args.index("--steps") + 1] == "0" and base.after == ("train lab-lora-r8",)
-    assert by["eval-2 lab-control"].after == ("train lab-control",)  # alone on its base: no base child
-    evals = {k.label for k in kids if k.args[0] == "eval"}
+    base = ("eval-1 base-lab-lora-r8 1/2", "eval-1 base-lab-lora-r8 2/2")
+    assert by["eval-1 lab-full 2/2"].after == ("train lab-full", *base)
+    assert all(by[b].args[by[b].args.index("--steps") + 1] == "0" and by[b].after == ("train lab-lora-r8",)
+               for b in base)
+    assert by["eval-2 lab-control 1/2"].after == ("train lab-control",)  # alone on its base: no base child
+    parts = {k.label for k in kids if k.args[0] == "eval" and "--no-summary" in k.args}
+    assert len(parts) == 2 * 7 and all("--shard" in by[p].args for p in parts)
+    tables = {"eval-1 tables", "eval-2 tables"}
+    assert all(set(by[t].after) == parts and "--no-summary" not in by[t].args and "--shard" not in by[t].args
+               for t in tables)
     trains = {f"train {r}" for r in FULL.recipes}
-    assert set(by["phase"].after) - trains == evals == set(by["retention 1/2"].after) - trains
+    assert set(by["phase"].after) == trains | parts | tables == set(by["retention 1/2"].after)
     assert set(by["spectra 2/2"].after) == trains
-    assert all(k.threads == 1 for k in kids)  # two cores: every child on one thread
+    assert all(k.threads == 1 for k in kids) or (os.cpu_count() or 2) != 2  # two cores: every child on one thread
     for d in run_dirs:  # every run's eval is the same call as before, on that run alone
-        e = by[f"eval-{2 if d.name == 'lab-control' else 1} {d.name}"]
-        assert e.args[1:3] == ("--ckpts", str(d)) and "--shard" not in e.args
+        e = by[f"eval-{2 if d.name == 'lab-control' else 1} {d.name} 1/2"]
+        assert e.args[1:3] == ("--ckpts", str(d))
     # a finished run has no train child, and nothing waits for one
     done = run_dirs[0]
     done.mkdir(parents=True)

@@ -106,6 +106,10 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
                    "batching of checkpoints; bf16 weights round small updates away); --no-merge never merges. "
                    "Default: a batch with one adapter is merged where the weights are float32 (equal up to float "
                    "rounding, base speed), several adapters share a batch unmerged"),
+          summary: bool = typer.Option(True, "--summary/--no-summary",
+                                       help="--no-summary: write the graded samples only (one part of a sweep run in "
+                                            "several calls); a later call without it writes the passk and format "
+                                            "tables of the whole store"),
           out: Path = OUT):
     """Evaluate the base and every checkpoint: pass@k with CIs, strict/lenient grading, format, lengths."""
     from tina_probe.evaluate import run_eval
@@ -117,7 +121,7 @@ def eval_(ckpts: List[str] = typer.Option(..., "--ckpts", help="run folders, che
     shard_t = parse_shard(shard)
     run_eval(_expand(ckpts + (more or [])), benchmarks=_split(benchmarks), n=n, temperature=temperature, top_p=top_p,
              max_tokens=max_tokens, seed=seed, backend=backend, out=out, steps=step_set, shard=shard_t,
-             limit=limit, merge=merge)
+             limit=limit, merge=merge, summary=summary)
 
 
 @app.command()

@@ -44,8 +44,11 @@ def run_eval(
     generator: Generator | None = None,
     show: bool = True,
     merge: bool | None = None,
+    summary: bool = True,
 ) -> dict[str, pd.DataFrame]:
-    """Evaluate the base (step 0) and every checkpoint of the runs; resumable; returns samples, passk, format."""
+    """Evaluate the base (step 0) and every checkpoint of the runs; resumable; returns samples, passk, format.
+    summary=False stops after the samples parts (returns {}): the store's tables are rebuilt from every part by one
+    call at the end of a sweep run in several calls, instead of by each (a summary reads the whole store)."""
     if n < 1 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
         raise TinaError("sampling: need n >= 1, max_tokens >= 1, temperature >= 0, 0 < top_p <= 1")
     settings = SamplingSettings(n=int(n), temperature=float(temperature), top_p=float(top_p),
@@ -66,6 +69,8 @@ def run_eval(
         if gen is not None and generator is None:
             gen.close()
     record_adapter_checks(store, units, settings)
+    if not summary:
+        return {}
     tables = summarize(store)
     warn_identical(tables["format"], stored_checks(store), units)
     if show:

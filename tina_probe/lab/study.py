@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -248,34 +248,45 @@ def _run_base(recipe: str, plan: StudyPlan) -> str:
 
 
 def per_run_eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path], threads: int | None = None) -> list[Child]:
-    """Every eval call (eval_calls) as one child per run, each after its own run's training (rule W2 of
-    lab/workers.py: it reads no other run). Where runs of a call share a base, the base's completions come first, in
-    a child of their own after the first such run's training: eval generates a base once and copies its rows to every
-    run (rule 2 of tina_probe/eval_sweep.py), and two children side by side would each generate it. Every unit is
-    computed as in one call over all runs: one unit per generate wave, merged adapters restored bit-exactly."""
+    """Every eval call (eval_calls) split by run, each run's part as plan.shards `--shard` children after that run's
+    training only (rule W2 of lab/workers.py), so a run is evaluated while others still train. Where runs of a call
+    share a base, the base's completions come first, in children of their own after the first such run's training:
+    eval generates a base once and copies its rows to every run (rule 2 of tina_probe/eval_sweep.py), and children
+    side by side would each generate it. These children write samples only (--no-summary); then the whole call runs
+    once more, after every eval child, finds every unit done and writes the tables from all parts, once per call
+    instead of once per child (a summary reads the whole store: ~6 s each in the lab study). Every unit is computed
+    as in one call over all runs: one unit per generate wave, merged adapters restored bit-exactly."""
     recipe_of = dict(zip(map(str, run_dirs), plan.recipes))
-    children: list[Child] = []
+    parts: list[Child] = []
+    tables: list[Child] = []
     calls = eval_calls(plan, run_dirs)
     for k, (dirs, benches, limit, n) in enumerate(calls):
         tag = f"-{k + 1}" if len(calls) > 1 else ""
         common = ("--benchmarks", ",".join(benches), "--n", str(n), "--temperature", "1.0", "--max-tokens",
-                  str(plan.max_tokens), "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()),
-                  "--out", str(out))
+                  str(plan.max_tokens), "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()))
+
+        def part(what: str, args: tuple[str, ...], after: tuple[str, ...]) -> list[Child]:
+            kids = shard_children("eval", (*args, *common, "--no-summary", "--out", str(out)), out / ".logs",
+                                  plan.shards, f"{tag}-{what}")
+            return [replace(c, label=f"eval{tag} {what} {c.label.rsplit(' ', 1)[1]}", after=after,
+                            threads=threads) for c in kids]
+
         by_base: dict[str, list[Path]] = {}
         for d in dirs:
             by_base.setdefault(_run_base(recipe_of[d], plan), []).append(Path(d))
         for group in by_base.values():
-            base_label: tuple[str, ...] = ()
+            base: tuple[str, ...] = ()
             if len(group) > 1:
                 first = group[0]
-                base_label = (f"eval{tag} base ({first.name} step 0)",)
-                children.append(Child(base_label[0], ("eval", "--ckpts", str(first), "--steps", "0", *common),
-                                      out / ".logs" / f"eval{tag}-base-{first.name}.log", after=(train_label(first),),
-                                      threads=threads))
-            children += [Child(f"eval{tag} {d.name}", ("eval", "--ckpts", str(d), *common),
-                               out / ".logs" / f"eval{tag}-{d.name}.log", after=(train_label(d), *base_label),
-                               threads=threads) for d in group]
-    return children
+                kids = part(f"base-{first.name}", ("--ckpts", str(first), "--steps", "0"), (train_label(first),))
+                parts += kids
+                base = tuple(c.label for c in kids)
+            for d in group:
+                parts += part(d.name, ("--ckpts", str(d)), (train_label(d), *base))
+        tables.append(Child(f"eval{tag} tables", ("eval", "--ckpts", *dirs, *common, "--out", str(out)),
+                            out / ".logs" / f"eval{tag}-tables.log", threads=threads))
+    done = tuple(c.label for c in parts)
+    return [*parts, *(replace(c, after=done) for c in tables)]
 
 
 def study_children(plan: StudyPlan, out: Path, runs_root: Path) -> tuple[list[Child], list[Path]]:
@@ -284,8 +295,6 @@ def study_children(plan: StudyPlan, out: Path, runs_root: Path) -> tuple[list[Ch
     trained, while the others still train; spectra after every run is trained; phase and retention after every
     eval (the task KL reads eval's completions).
     Plans with one analysis process (shards=1) keep one eval call over all runs. Returns (children, run folders)."""
-    from dataclasses import replace
-
     cores = os.cpu_count() or 2
     jobs = [TrainJob(recipe, recipe + plan.name_suffix, plan.overrides) for recipe in plan.recipes]
     trains, run_dirs = train_children(jobs, runs_root, threads=max(1, cores // plan.parallel))
