@@ -281,7 +281,7 @@ def dynamics(out: Path = OUT,
 @lab_app.callback()
 @user_errors
 def lab(ctx: typer.Context,
-        quick: bool = typer.Option(False, "--quick", help="a reduced study (~4 minutes on 2 cores)"),
+        quick: bool = typer.Option(False, "--quick", help="a reduced study (~1.5 minutes on 2 cores)"),
         out: Optional[Path] = typer.Option(None, "--out", help="results store folder, used as given [default: "
                                            "results/, with --quick results/quick/]"),
         runs: Optional[Path] = typer.Option(None, "--runs", help="where the lab's runs go, used as given [default: "

@@ -80,7 +80,7 @@ VALIDATE = StudyPlan(
 REAL_PROBES = ("real_mmlu_stem_cloze", "kl_real", "ppl_real", "kl_task_real")
 # Sized for 2 cores from costs measured on a quiet machine: one GRPO step (4 prompts x 4 samples x <= 64 tokens) takes
 # ~36 s per run with the two runs side by side (data/real/lr-sweep.json), and the learning rates are the sweep's
-# (`tina-probe lab real-sweep`: LoRA 1e-3, full FT 5e-5, in the recipes). The recipes' 30 steps with a checkpoint
+# (`tina-probe lab real-sweep`: LoRA 5e-4, full FT 2e-5, in the recipes). The recipes' 30 steps with a checkpoint
 # every 3 give 11 evaluated points per run (base included), 16 problems x 4 samples on each split. No GSM8K: the
 # base's GSM8K answers still run past 512 tokens in 38% of samples (data/real/gsm8k-budget.json), far beyond what
 # fits per checkpoint here. Spectra skip the SVD of every W_t except at each run's last checkpoint (intruders and
