@@ -140,41 +140,68 @@ def eval_curves(passk: pd.DataFrame, fmt: pd.DataFrame, run: str, samples: pd.Da
     return df.assign(source="eval", sigma=sigma)[CURVE_COLUMNS]
 
 
+def _curve_rows(key: tuple, curve: pd.DataFrame, methods, n_boot: int, seed: int,
+                rules: PhaseRules) -> tuple[list[dict], list[dict], int | None]:
+    """One curve's phases rows, its status rows, and its point count when too short to try (else None). Pure:
+    every curve's bootstrap starts from `seed`, so curves give the same rows in any process and order."""
+    run, source, bench, metric = key
+    bench = None if pd.isna(bench) else bench
+    label = f"run {run} {source} {metric}" + (f" ({bench})" if bench else "")
+    curve = _clean_curve(curve, label)
+    n = len(curve)
+    base = {"run": run, "source": source, "benchmark": bench, "metric": metric, "n_points": n}
+    if n < rules.min_points:
+        return [], [base | {"method": m, "n_changes": 0, "status": "too short"} for m in methods], n
+    ci_sigma = curve["sigma"].to_numpy(dtype=float) if "sigma" in curve.columns else np.array([np.nan])
+    ci_sigma = ci_sigma[np.isfinite(ci_sigma) & (ci_sigma > 0)]
+    sigma = float(np.median(ci_sigma)) if len(ci_sigma) else None
+    rows, status = [], []
+    for method in methods:
+        cps, sig, pen = curve_change_points(curve["step"], curve["value"], method=method, sigma=sigma,
+                                            n_boot=n_boot, seed=seed, rules=rules)
+        status.append(base | {"method": method, "n_changes": len(cps),
+                              "status": "changes" if cps else "no change"})
+        for cp in cps:
+            rows.append(base | {"method": method, "change_step": cp.change_step,
+                                "change_step_low": cp.change_step_low, "change_step_high": cp.change_step_high,
+                                "size": cp.size, "support": cp.support, "sigma": sig, "penalty": pen})
+    return rows, status, None
+
+
+def _curve_rows_star(args: tuple):
+    return _curve_rows(*args)
+
+
 def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int | None = None, seed: int = 0,
-                  rules: PhaseRules = PhaseRules()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  rules: PhaseRules = PhaseRules(), workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Change points of every curve: (phases rows, one status row per curve and method).
 
     Eval curves use the median of their points' sigma (rule R2 when `phase` had the samples, else CI-implied);
     training curves, and eval curves without either, use fitted_sigma. `rules` holds min_points, min_size,
-    penalty_c and n_boot (analysis/rules.py)."""
+    penalty_c and n_boot (analysis/rules.py). `workers` > 1 spreads the curves over that many processes (ruptures'
+    PELT refits are pure Python, so threads would not help); the rows are the same, in the same order."""
     n_boot = rules.n_boot if n_boot is None else n_boot
     rows, status = [], []
     too_short: dict[str, list[int]] = {}  # run -> point counts of its curves too short to try (one line per run)
     keys = ["run", "source", "benchmark", "metric"]
     groups = curves.groupby(keys, dropna=False, sort=True)
-    for key, curve in tqdm(groups, total=groups.ngroups, desc="phase curves", unit="curve", disable=None):
-        run, source, bench, metric = key
-        bench = None if pd.isna(bench) else bench
-        label = f"run {run} {source} {metric}" + (f" ({bench})" if bench else "")
-        curve = _clean_curve(curve, label)
-        n = len(curve)
-        base = {"run": run, "source": source, "benchmark": bench, "metric": metric, "n_points": n}
-        if n < rules.min_points:
-            too_short.setdefault(str(run), []).append(n)
-            status += [base | {"method": m, "n_changes": 0, "status": "too short"} for m in methods]
-            continue
-        ci_sigma = curve["sigma"].to_numpy(dtype=float) if "sigma" in curve.columns else np.array([np.nan])
-        ci_sigma = ci_sigma[np.isfinite(ci_sigma) & (ci_sigma > 0)]
-        sigma = float(np.median(ci_sigma)) if len(ci_sigma) else None
-        for method in methods:
-            cps, sig, pen = curve_change_points(curve["step"], curve["value"], method=method, sigma=sigma,
-                                                n_boot=n_boot, seed=seed, rules=rules)
-            status.append(base | {"method": method, "n_changes": len(cps),
-                                  "status": "changes" if cps else "no change"})
-            for cp in cps:
-                rows.append(base | {"method": method, "change_step": cp.change_step,
-                                    "change_step_low": cp.change_step_low, "change_step_high": cp.change_step_high,
-                                    "size": cp.size, "support": cp.support, "sigma": sig, "penalty": pen})
+    jobs = ((key, curve, methods, n_boot, seed, rules) for key, curve in groups)
+    pool = None
+    if workers > 1 and groups.ngroups > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=min(workers, groups.ngroups))
+    try:
+        results = pool.map(_curve_rows_star, jobs) if pool is not None else map(_curve_rows_star, jobs)
+        for (key, _), (curve_rows, curve_status, short) in tqdm(zip(groups, results), total=groups.ngroups,
+                                                                desc="phase curves", unit="curve", disable=None):
+            rows += curve_rows
+            status += curve_status
+            if short is not None:
+                too_short.setdefault(str(key[0]), []).append(short)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     phases = pd.DataFrame(rows, columns=PHASE_COLUMNS)
     for run, counts in too_short.items():
         log.warning("run %s: %d curves of %d-%d points, fewer than %d; no change points tried on them", run,
@@ -230,9 +257,9 @@ def load_training_log(run_dir) -> pd.DataFrame:
 
 
 def run_phase(run_dirs: list[str], out: Path, *, n_boot: int | None = None, seed: int = 0,
-              rules: PhaseRules = PhaseRules()) -> pd.DataFrame:
+              rules: PhaseRules = PhaseRules(), workers: int = 1) -> pd.DataFrame:
     """`tina-probe phase`: change points of every run's training and eval curves -> phases, phase_summary and
-    training_curves tables in the store at `out`; returns the phases table."""
+    training_curves tables in the store at `out` (the curves over `workers` processes); returns the phases table."""
     store = Store(out)
     passk, fmt = store.read("passk"), store.read("format")
     samples = store.read("samples")  # rule R2: the eval curves' noise from per-problem changes
@@ -253,7 +280,7 @@ def run_phase(run_dirs: list[str], out: Path, *, n_boot: int | None = None, seed
         allc = pd.DataFrame(columns=CURVE_COLUMNS)
     else:
         allc = pd.concat(curves, ignore_index=True)
-    phases, status = detect_phases(allc, n_boot=n_boot, seed=seed, rules=rules)
+    phases, status = detect_phases(allc, n_boot=n_boot, seed=seed, rules=rules, workers=workers)
     store.write("phases", phases)
     store.write("phase_summary", phase_summary(passk, phases, status, names))
     # each curve's status and point count, for the verdicts' "N eval points; change points need M" (rule R0)

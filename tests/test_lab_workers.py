@@ -90,6 +90,26 @@ def test_a_child_starts_after_what_it_waits_for_and_a_free_core_takes_the_next_r
     assert dict((name, thr) for name, thr, _ in started) == {"a": 1, "b": 1, "c": 1, "d": 2}
 
 
+def test_a_child_on_every_core_is_not_starved_by_one_thread_children_listed_after_it(tmp_path, monkeypatch):
+    """Rule W1: 'wide' (two threads) is ready while 'a' runs; 'b' and 'c' (one thread, listed after it) wait behind
+    it instead of taking the free core again and again."""
+    script = "import sys, time\ntime.sleep(float(sys.argv[-1]))\n"
+    started: list = []
+
+    def launch(*args, threads=2, log=None):
+        started.append(args[0])
+        return subprocess.Popen([sys.executable, "-c", script, args[1]], stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT)
+
+    monkeypatch.setattr(workers, "cli", launch)
+    kids = [Child("a", ("a", "0.5"), tmp_path / "a.log", threads=1),
+            Child("wide", ("wide", "0.1"), tmp_path / "w.log", threads=2),
+            Child("b", ("b", "0.1"), tmp_path / "b.log", threads=1),
+            Child("c", ("c", "0.1"), tmp_path / "c.log", threads=1)]
+    run_children(kids, parallel=1, threads=2)
+    assert started == ["a", "wide", "b", "c"]
+
+
 def test_children_that_cannot_run_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown labels"):
         run_children([Child("a", ("a",), tmp_path / "a.log", after=("zzz",))], 1)
@@ -121,7 +141,9 @@ def test_the_study_is_one_batch_each_child_after_only_what_it_reads(tmp_path):
     trains = {f"train {r}" for r in FULL.recipes}
     assert set(by["phase"].after) == trains | parts | tables == set(by["retention 1/2"].after)
     assert set(by["spectra 2/2"].after) == trains
-    assert all(k.threads == 1 for k in kids) or (os.cpu_count() or 2) != 2  # two cores: every child on one thread
+    cores = os.cpu_count() or 2
+    assert by["phase"].threads == cores and by["phase"].args[-2:] == ("--workers", str(cores))  # curves on every core
+    assert all(k.threads == 1 for k in kids if k.label != "phase") or cores != 2  # two cores: one thread each
     for d in run_dirs:  # every run's eval is the same call as before, on that run alone
         e = by[f"eval-{2 if d.name == 'lab-control' else 1} {d.name} 1/2"]
         assert e.args[1:3] == ("--ckpts", str(d))

@@ -116,6 +116,25 @@ def test_ramp_becomes_one_transition_around_its_middle():
     assert tr["size"] == pytest.approx(0.8, abs=0.15)
 
 
+def test_curves_over_two_processes_give_the_same_rows_in_the_same_order(caplog):
+    """detect_phases(workers=2) (`phase --workers`, the lab study's phase on both cores): every curve starts its
+    bootstrap from the same seed, so the rows cannot depend on the process or the order."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 61)
+    frames = [pd.DataFrame({"run": run, "source": "train", "benchmark": None, "metric": metric, "step": steps,
+                            "value": (steps > jump) * 0.6 + rng.normal(0, 0.05, 60), "sigma": np.nan})
+              for run, jump in (("a", 20), ("b", 40)) for metric in ("format_reward", "accuracy_reward")]
+    frames.append(pd.DataFrame({"run": "b", "source": "eval", "benchmark": "t", "metric": "format_rate",
+                                "step": [0, 30, 60], "value": [0.1, 0.9, 0.9], "sigma": 0.01}))  # too short
+    curves = pd.concat(frames, ignore_index=True)
+    with caplog.at_level(logging.WARNING):
+        one = detect_phases(curves, n_boot=30)
+        two = detect_phases(curves, n_boot=30, workers=2)
+    assert len(one[0]) >= 4 and "too short" in set(one[1]["status"])
+    for a, b in zip(one, two):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
 def test_short_curve_is_reported_not_segmented(caplog):
     curves = pd.DataFrame({"run": "r", "source": "eval", "benchmark": "b", "metric": "format_rate",
                            "step": [0, 50, 100], "value": [0.1, 0.9, 0.9], "sigma": 0.01})

@@ -178,16 +178,17 @@ def phase(runs: List[str] = typer.Option(..., "--runs"), more: Optional[List[str
           penalty_c: float = typer.Option(_PHASE.penalty_c, help="penalty per change point: C x sigma^2 x log(n)"),
           n_boot: int = typer.Option(_PHASE.n_boot, help="bootstrap refits per curve for a change point's range"),
           ci_level: float = typer.Option(_PHASE.ci_level, help="a change point's range: central percent of its "
-                                         "bootstrap positions")):
+                                         "bootstrap positions"),
+          workers: int = typer.Option(1, "--workers", help="processes the curves are spread over (the same rows)")):
     """Change points on training and eval curves, with bootstrap ranges -> phases, phase_status, phase_summary."""
     from analysis.phase import run_phase
 
-    if min_points < 2 or min_size < 1 or penalty_c <= 0 or n_boot < 0 or not 0 < ci_level < 100:
-        raise TinaError("phase: --min-points >= 2, --min-size >= 1, --penalty-c > 0, --n-boot >= 0 and "
-                        "0 < --ci-level < 100 are required")
+    if min_points < 2 or min_size < 1 or penalty_c <= 0 or n_boot < 0 or not 0 < ci_level < 100 or workers < 1:
+        raise TinaError("phase: --min-points >= 2, --min-size >= 1, --penalty-c > 0, --n-boot >= 0, "
+                        "0 < --ci-level < 100 and --workers >= 1 are required")
     rules = PhaseRules(min_points=min_points, min_size=min_size, penalty_c=penalty_c, n_boot=n_boot,
                        ci_level=ci_level)
-    run_phase(_expand(runs + (more or [])), out, rules=rules)
+    run_phase(_expand(runs + (more or [])), out, rules=rules, workers=workers)
 
 
 @app.command()

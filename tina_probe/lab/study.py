@@ -230,7 +230,8 @@ def one_child(out: Path, stage: str, *args: str, tag: str = "") -> Child:
 
 
 def eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path]) -> list[Child]:
-    """Every eval call (eval_calls) as stage_children, in one pool: a call's shards start as soon as a core is free."""
+    """Every eval call (eval_calls) as stage_children over all its runs (the plans with one analysis process, whose
+    eval needs every core: study_children; the lab plans split each call by run, per_run_eval_children)."""
     calls = eval_calls(plan, run_dirs)
     children: list[Child] = []
     for k, (dirs, benches, limit, n) in enumerate(calls):
@@ -306,8 +307,11 @@ def study_children(plan: StudyPlan, out: Path, runs_root: Path) -> tuple[list[Ch
         evals = [replace(c, after=trained, threads=analysis) for c in eval_children(plan, out, run_dirs)]
     evaluated = tuple(c.label for c in evals)
     # spectra read only the checkpoints; phase reads the eval tables, and so does retention (the task KL compares
-    # each checkpoint's stored eval completions with its base's)
+    # each checkpoint's stored eval completions with its base's). Phase spreads its curves over every core (the same
+    # rows): it runs after the long retention shards, when nothing else is left to run beside it.
     pool = [replace(c, after=trained if c.args[0] == "spectra" else (*trained, *evaluated), threads=analysis)
+            if c.args[0] != "phase" else
+            replace(c, args=(*c.args, "--workers", str(cores)), after=(*trained, *evaluated), threads=cores)
             for c in after_eval_pool(plan, out, [str(d) for d in run_dirs])]
     children = [*trains, *evals, *pool]
     known = {c.label for c in children}  # a finished run has no train child: nothing to wait for
@@ -323,10 +327,10 @@ def spectra_args(plan: StudyPlan) -> tuple[str, ...]:
 
 
 def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]:
-    """What needs only the checkpoints and the eval tables, as one pool run plan.shards at a time, the longest first
-    (no core waits for another stage's slowest shard): retention when it probes every checkpoint, phase, spectra.
-    In the lab study a retention shard takes minutes, phase about 40 s and a spectra shard about 20 s; with phase
-    last, one core waited for it alone. Retention at the best checkpoints waits for phase, which chooses them."""
+    """What needs only the checkpoints and the eval tables, the longest first: retention when it probes every
+    checkpoint, phase, spectra (study_children adds what each waits for). In the lab study a retention shard takes
+    minutes, phase a few seconds and a spectra shard about 15 s. Retention at the best checkpoints waits for phase,
+    which chooses them, after this batch."""
     pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
         if plan.retention_at != "best" else []
     pool.append(one_child(out, "phase", "--runs", *ckpts))  # phase has no shards

@@ -7,7 +7,9 @@ and is named with its log's last lines.
 
 Scheduling rules (run_children):
 W1 Order: a child starts when its `after` children have all ended and its threads fit in what the running ones leave
-   free; among those that can start, the one listed first. A study lists its children in priority order.
+   free, in the order listed (a study lists its children in priority order); a child whose `after` have ended but
+   whose threads do not fit yet holds back those listed after it, so that a child on every core is not starved by
+   one-thread children started before it.
 W2 No idle core waits on a barrier: a child needs only what it reads (its `after`), not a whole stage before it.
 W3 A freed core is seen within WAKE_S; progress bars redraw every POLL_S."""
 from __future__ import annotations
@@ -115,11 +117,11 @@ def run_children(children: Sequence[Child], parallel: int, threads: int | None =
     try:
         while pending or active:
             for i, child in list(pending):  # rule W1
-                need = min(child.threads or threads, capacity)
-                if sum(min(c.threads or threads, capacity) for c, _ in active.values()) + need > capacity:
-                    continue
                 if not set(child.after) <= ended:
                     continue
+                need = min(child.threads or threads, capacity)
+                if sum(min(c.threads or threads, capacity) for c, _ in active.values()) + need > capacity:
+                    break
                 pending.remove((i, child))
                 child.log.parent.mkdir(parents=True, exist_ok=True)
                 bars[i] = tqdm(total=child.total, desc=child.label, position=len(bars), leave=True,
