@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from analysis.crossover import CROSSOVER_COLUMNS, crossover_table
 from analysis.problem_dynamics import PROBLEM_COLUMNS, problem_dynamics_table
+from analysis.process_map import process_map
 from analysis.selection import parse_pairs, selection_table
 from analysis.support import ENTROPY_COLUMNS, MIN_CORRECT, SUPPORT_COLUMNS, answer_entropy_table, support_table
 from tina_probe.errors import TinaError
@@ -64,23 +65,32 @@ def read_samples(store: Store) -> pd.DataFrame:
     return df.assign(sampling=df["sampling"].fillna(""))
 
 
+def run_tables(job: tuple[pd.DataFrame, int, int, int]) -> dict[str, pd.DataFrame]:
+    """One run's problem_dynamics, crossover, maj, support, answer_entropy and gpassk rows from its samples
+    (frame, n_boot, seed, min_correct). Pure, and every bootstrap starts from `seed`: the same rows in any process."""
+    frame, n_boot, seed, min_correct = job
+    return {"problem_dynamics": problem_dynamics_table(frame, CORRECT_COLS),
+            "crossover": crossover_table(frame, CORRECT_COLS, n_boot=n_boot, seed=seed),
+            "maj": maj_table(frame, n_boot=n_boot, seed=seed),
+            "support": support_table(frame, CORRECT_COLS, min_correct=min_correct, n_boot=n_boot, seed=seed),
+            "answer_entropy": answer_entropy_table(frame),
+            "gpassk": gpassk_table(frame, n_boot=n_boot, seed=seed)}
+
+
 def dynamics_tables(samples: pd.DataFrame, passk: pd.DataFrame, *, select_on: list[str] | None = None,
-                    n_boot: int = N_BOOT, seed: int = 0, show: bool = True, min_correct: int = MIN_CORRECT
-                    ) -> dict[str, pd.DataFrame]:
-    """Every dynamics table from a samples table (and passk for the selection; rebuilt from samples when empty)."""
+                    n_boot: int = N_BOOT, seed: int = 0, show: bool = True, min_correct: int = MIN_CORRECT,
+                    workers: int = 1) -> dict[str, pd.DataFrame]:
+    """Every dynamics table from a samples table (and passk for the selection; rebuilt from samples when empty);
+    `workers` > 1 computes the runs in that many processes (analysis/process_map.py: the same rows)."""
     pairs = parse_pairs(select_on)
     parts: dict[str, list[pd.DataFrame]] = {"problem_dynamics": [], "crossover": [], "maj": [], "support": [],
                                             "answer_entropy": [], "gpassk": []}
     runs = sorted(samples["run"].unique())
-    for run in tqdm(runs, desc="dynamics", unit="run", disable=not show or None):
-        frame = samples[samples["run"] == run]
-        parts["problem_dynamics"].append(problem_dynamics_table(frame, CORRECT_COLS))
-        parts["crossover"].append(crossover_table(frame, CORRECT_COLS, n_boot=n_boot, seed=seed))
-        parts["maj"].append(maj_table(frame, n_boot=n_boot, seed=seed))
-        parts["support"].append(support_table(frame, CORRECT_COLS, min_correct=min_correct, n_boot=n_boot,
-                                              seed=seed))
-        parts["answer_entropy"].append(answer_entropy_table(frame))
-        parts["gpassk"].append(gpassk_table(frame, n_boot=n_boot, seed=seed))
+    jobs = [(samples[samples["run"] == run], n_boot, seed, min_correct) for run in runs]
+    for tables in tqdm(process_map(run_tables, jobs, workers), total=len(runs), desc="dynamics", unit="run",
+                       disable=not show or None):
+        for name, frame in tables.items():
+            parts[name].append(frame)
     columns = {"problem_dynamics": PROBLEM_COLUMNS, "crossover": CROSSOVER_COLUMNS, "maj": MAJ_COLUMNS,
                "support": SUPPORT_COLUMNS, "answer_entropy": ENTROPY_COLUMNS, "gpassk": GPASSK_COLUMNS}
     tables = {name: (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns[name]))
@@ -96,14 +106,15 @@ def dynamics_tables(samples: pd.DataFrame, passk: pd.DataFrame, *, select_on: li
 
 
 def run_dynamics(out: Path, *, select_on: list[str] | None = None, n_boot: int = N_BOOT,
-                 seed: int = 0, min_correct: int = MIN_CORRECT) -> dict[str, pd.DataFrame]:
-    """`tina-probe dynamics`: read the store at `out`, write every table in the module docstring."""
+                 seed: int = 0, min_correct: int = MIN_CORRECT, workers: int = 1) -> dict[str, pd.DataFrame]:
+    """`tina-probe dynamics`: read the store at `out`, write every table in the module docstring (the runs' tables
+    over `workers` processes)."""
     if min_correct < 1:
         raise TinaError(f"--support-min-correct {min_correct}: a problem needs >= 1 correct sample to be in support")
     store = Store(out)
     samples = read_samples(store)
     tables = dynamics_tables(samples, store.read("passk"), select_on=select_on, n_boot=n_boot, seed=seed,
-                             min_correct=min_correct)
+                             min_correct=min_correct, workers=workers)
     retention = store.read("retention")
     if not retention.empty:
         from analysis.razor import forgetting_frame, razor_table

@@ -26,6 +26,7 @@ from analysis.changepoints import (  # noqa: F401  (re-exported: the detection A
     CostMeanShift, StepDetector, bic_penalty, block_bootstrap_index, curve_change_points, diff_sigma, fitted_sigma,
     piecewise_means)
 from analysis.claim import well_formatted
+from analysis.process_map import process_map
 from analysis.rules import PhaseRules
 from analysis.selection import best_choice, selection_table
 from analysis.transitions import (  # noqa: F401  (re-exported: these lived here before the split)
@@ -185,23 +186,14 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int | None =
     too_short: dict[str, list[int]] = {}  # run -> point counts of its curves too short to try (one line per run)
     keys = ["run", "source", "benchmark", "metric"]
     groups = curves.groupby(keys, dropna=False, sort=True)
-    jobs = ((key, curve, methods, n_boot, seed, rules) for key, curve in groups)
-    pool = None
-    if workers > 1 and groups.ngroups > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(max_workers=min(workers, groups.ngroups))
-    try:
-        results = pool.map(_curve_rows_star, jobs) if pool is not None else map(_curve_rows_star, jobs)
-        for (key, _), (curve_rows, curve_status, short) in tqdm(zip(groups, results), total=groups.ngroups,
-                                                                desc="phase curves", unit="curve", disable=None):
-            rows += curve_rows
-            status += curve_status
-            if short is not None:
-                too_short.setdefault(str(key[0]), []).append(short)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    jobs = [(key, curve, methods, n_boot, seed, rules) for key, curve in groups]
+    results = process_map(_curve_rows_star, jobs, workers)
+    for job, (curve_rows, curve_status, short) in tqdm(zip(jobs, results), total=len(jobs), desc="phase curves",
+                                                       unit="curve", disable=None):
+        rows += curve_rows
+        status += curve_status
+        if short is not None:
+            too_short.setdefault(str(job[0][0]), []).append(short)
     phases = pd.DataFrame(rows, columns=PHASE_COLUMNS)
     for run, counts in too_short.items():
         log.warning("run %s: %d curves of %d-%d points, fewer than %d; no change points tried on them", run,

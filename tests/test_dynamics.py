@@ -222,6 +222,21 @@ def test_run_dynamics_writes_the_four_tables(tmp_path):
     assert tables["problem_dynamics"].shape[0] == 2 * 2 * 10
 
 
+def test_runs_over_two_processes_give_the_same_tables(tmp_path):
+    """run_dynamics(workers=2) (`dynamics --workers`, as the lab study runs it): each run's bootstraps start from the
+    same seed whatever process computes them, so every table is equal cell for cell, rows in the same order."""
+    s = pd.concat([planted_samples(run=r, benchmark=b) for r in ("a", "b", "c") for b in ("lab-test", "lab-probe")],
+                  ignore_index=True)
+    s["completion"] = "..."
+    for folder in ("one", "two"):
+        Store(tmp_path / folder).write("samples", s)
+    one = run_dynamics(tmp_path / "one", n_boot=50)
+    two = run_dynamics(tmp_path / "two", n_boot=50, workers=2)
+    assert one.keys() == two.keys() and set(one["crossover"]["run"]) == {"a", "b", "c"}
+    for name in one:
+        pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
+
+
 def test_run_dynamics_without_samples_is_a_user_error(tmp_path):
     with pytest.raises(TinaError, match="tina-probe eval"):
         run_dynamics(tmp_path)

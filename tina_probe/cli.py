@@ -270,12 +270,15 @@ def dynamics(out: Path = OUT,
                                                            "*-probe* -> *-test*)"),
              support_min_correct: int = typer.Option(1, "--support-min-correct", help="correct samples a problem "
                                                      "needs to be in a checkpoint's empirical support (threshold "
-                                                     "= this / n)")):
+                                                     "= this / n)"),
+             workers: int = typer.Option(1, "--workers", help="processes the runs are spread over (the same rows)")):
     """Series dynamics: per-problem labels, pass@k crossover, maj@k, held-out selection, support flows and answer
     entropy (Invisible Leash), G-Pass@k_tau -> seven tables."""
     from analysis.dynamics import run_dynamics
 
-    tables = run_dynamics(out, select_on=_split(select_on), min_correct=support_min_correct)
+    if workers < 1:
+        raise TinaError(f"dynamics: --workers {workers}: need at least 1")
+    tables = run_dynamics(out, select_on=_split(select_on), min_correct=support_min_correct, workers=workers)
     typer.echo("dynamics: " + ", ".join(f"{name} ({len(df)} rows)" for name, df in tables.items()) + f" in {out}")
 
 

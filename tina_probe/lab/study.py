@@ -465,7 +465,7 @@ def _run_lab(*, quick: bool = False, out: Path | None = None, runs_root: Path | 
         console.rule("retention at each run's best checkpoint (as phase chose it) and its base")
         run_sharded(plan, out, "retention", "--ckpts", *best_checkpoints(out, run_dirs), *retention_args(plan))
     console.rule("series dynamics, hypothesis, report")
-    run_cli("dynamics", "--out", str(out))
+    run_cli("dynamics", "--out", str(out), "--workers", str(os.cpu_count() or 2))  # alone: every core
     run_cli("hypothesis", "--out", str(out))
     run_cli("report", "--out", str(out))
     summarize(out, run_dirs)
