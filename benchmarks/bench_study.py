@@ -16,8 +16,8 @@ torch reaches on one thread, and for decoding the weight bytes read per decoding
 bandwidth. Stages without model arithmetic (phase, dynamics, hypothesis) have no floor worth the name ("-"); nor has
 retention yet: its table keeps no token counts (its units, checkpoints and lm-eval items scored are shown).
 Every stage runs `tina-probe` in child processes as the study does: training runs two side by side with one thread
-each; dynamics and hypothesis one process on every core; phase too (the study runs it with one thread in its
-spectra/retention pool; alone here, so that every stage keeps a figure of its own); CPU seconds are the children's. Wall seconds are what
+each; dynamics and hypothesis one process on every core; phase too; today's phase and dynamics spread their curves
+and runs over every core (`--workers`), as the study runs them; CPU seconds are the children's. Wall seconds are what
 the study waits for: on a shared machine they swing 2-10x, so compare before/after only within one run.
 
 Run: python benchmarks/bench_study.py [--quick | --real] [--no-before] [--keep DIR] [--stages S,...] [--probes P,...]
@@ -303,6 +303,12 @@ class Variant:
     def run_dirs(self) -> list[Path]:
         return [self.runs / f"{r}-bench" for r in self.study.recipes]
 
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """phase and dynamics on every core, as today's study runs them (processes over curves / runs); the old
+        paths had one process."""
+        return () if self.slow else ("--workers", str(os.cpu_count() or 2))
+
 
 def stage_calls(name: str, v: Variant, size: Size) -> list[list[list[str]]]:
     """The `tina-probe` calls of one stage as the study makes them (tina_probe/lab/study.py), at this size: groups run
@@ -321,7 +327,9 @@ def stage_calls(name: str, v: Variant, size: Size) -> list[list[list[str]]]:
         call = ["retention", "--ckpts", *ckpts, "--probes", ",".join(size.probes), "--limit", str(size.probe_limit),
                 "--out", str(v.out)]
     elif name == "phase":
-        return [[["phase", "--runs", *ckpts, "--out", str(v.out)]]]
+        return [[["phase", "--runs", *ckpts, "--out", str(v.out), *v.workers]]]
+    elif name == "dynamics":
+        return [[["dynamics", "--out", str(v.out), *v.workers]]]
     else:
         return [[[name, "--out", str(v.out)]]]
     if v.shards <= 1:
