@@ -155,7 +155,7 @@ def test_the_study_is_one_batch_each_child_after_only_what_it_reads(tmp_path):
     assert "train lab-lora-r8" not in {k.label for k in kids}
     assert all("train lab-lora-r8" not in k.after for k in kids)
     real, _ = study_children(REAL, tmp_path / "out", tmp_path / "runs")  # one analysis process on every core
-    assert [k.label for k in real] == ["train real-lora", "train real-full", "eval", "phase", "spectra"]
+    assert [k.label for k in real] == ["train real-lora", "train real-full", "eval", "spectra", "phase"]
     assert [k.threads for k in real][2:] == [os.cpu_count() or 2] * 3
 
 
@@ -183,14 +183,14 @@ def test_the_pool_after_eval_holds_what_needs_only_checkpoints_and_eval(tmp_path
 
     ckpts = ["/r/a", "/r/b"]
     full = after_eval_pool(FULL, tmp_path, ckpts)  # retention at every checkpoint: no wait for phase
-    assert [c.label for c in full] == ["retention 1/2", "retention 2/2", "phase", "spectra 1/2", "spectra 2/2"]
+    assert [c.label for c in full] == ["retention 1/2", "retention 2/2", "spectra 1/2", "spectra 2/2", "phase"]
     assert all(c.args[c.args.index("--out") + 1] == str(tmp_path) for c in full)
     assert full[0].args[full[0].args.index("--probes") + 1] == ",".join(FULL.probes)
     # validate: retention only at the best checkpoints, which phase chooses; no spectra
     assert [c.label for c in after_eval_pool(VALIDATE, tmp_path, ckpts)] == ["phase"]
     real = after_eval_pool(REAL, tmp_path, ckpts)  # one process per stage, retention after phase
-    assert [c.label for c in real] == ["phase", "spectra"] and "--shard" not in real[1].args
-    assert "--no-intruders" in real[1].args
+    assert [c.label for c in real] == ["spectra", "phase"] and "--shard" not in real[0].args
+    assert "--no-intruders" in real[0].args
 
 
 def test_every_eval_call_in_one_pool_with_its_own_logs(tmp_path):

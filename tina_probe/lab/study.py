@@ -308,7 +308,7 @@ def study_children(plan: StudyPlan, out: Path, runs_root: Path) -> tuple[list[Ch
     evaluated = tuple(c.label for c in evals)
     # spectra read only the checkpoints; phase reads the eval tables, and so does retention (the task KL compares
     # each checkpoint's stored eval completions with its base's). Phase spreads its curves over every core (the same
-    # rows): it runs after the long retention shards, when nothing else is left to run beside it.
+    # rows): it runs last, after the long retention shards, when nothing else is left to run beside it.
     pool = [replace(c, after=trained if c.args[0] == "spectra" else (*trained, *evaluated), threads=analysis)
             if c.args[0] != "phase" else
             replace(c, args=(*c.args, "--workers", str(cores)), after=(*trained, *evaluated), threads=cores)
@@ -327,15 +327,16 @@ def spectra_args(plan: StudyPlan) -> tuple[str, ...]:
 
 
 def after_eval_pool(plan: StudyPlan, out: Path, ckpts: list[str]) -> list[Child]:
-    """What needs only the checkpoints and the eval tables, the longest first: retention when it probes every
-    checkpoint, phase, spectra (study_children adds what each waits for). In the lab study a retention shard takes
-    minutes, phase a few seconds and a spectra shard about 15 s. Retention at the best checkpoints waits for phase,
-    which chooses them, after this batch."""
+    """What needs only the checkpoints and the eval tables: retention when it probes every checkpoint (the longest:
+    minutes per shard in the lab study), spectra (about 15 s a shard), phase (study_children adds what each waits
+    for). Phase comes last: the study runs it on every core, and listed before the one-thread spectra shards it would
+    hold them back (rule W1 of lab/workers.py) while one core waits for the other to finish its retention shard.
+    Retention at the best checkpoints waits for phase, which chooses them, after this batch."""
     pool = stage_children(plan, out, "retention", "--ckpts", *ckpts, *retention_args(plan)) \
         if plan.retention_at != "best" else []
-    pool.append(one_child(out, "phase", "--runs", *ckpts))  # phase has no shards
     if plan.spectra:
         pool += stage_children(plan, out, "spectra", "--ckpts", *ckpts, *spectra_args(plan))
+    pool.append(one_child(out, "phase", "--runs", *ckpts))  # phase has no shards
     return pool
 
 
