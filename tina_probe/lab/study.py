@@ -235,11 +235,15 @@ def eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path]) -> list[Chil
     calls = eval_calls(plan, run_dirs)
     children: list[Child] = []
     for k, (dirs, benches, limit, n) in enumerate(calls):
-        children += stage_children(plan, out, "eval", "--ckpts", *dirs, "--benchmarks", ",".join(benches),
-                                   "--n", str(n), "--temperature", "1.0", "--max-tokens", str(plan.max_tokens),
-                                   "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()),
+        children += stage_children(plan, out, "eval", "--ckpts", *dirs, *eval_sampling_args(plan, benches, limit, n),
                                    tag=f"-{k + 1}" if len(calls) > 1 else "")
     return children
+
+
+def eval_sampling_args(plan: StudyPlan, benches: list[str], limit: int | None, n: int) -> tuple[str, ...]:
+    """An eval call's benchmarks and sampling options, as the study passes them to `tina-probe eval`."""
+    return ("--benchmarks", ",".join(benches), "--n", str(n), "--temperature", "1.0", "--max-tokens",
+            str(plan.max_tokens), "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()))
 
 
 def _run_base(recipe: str, plan: StudyPlan) -> str:
@@ -263,8 +267,7 @@ def per_run_eval_children(plan: StudyPlan, out: Path, run_dirs: list[Path], thre
     calls = eval_calls(plan, run_dirs)
     for k, (dirs, benches, limit, n) in enumerate(calls):
         tag = f"-{k + 1}" if len(calls) > 1 else ""
-        common = ("--benchmarks", ",".join(benches), "--n", str(n), "--temperature", "1.0", "--max-tokens",
-                  str(plan.max_tokens), "--seed", "0", *(("--limit", str(limit)) if limit is not None else ()))
+        common = eval_sampling_args(plan, benches, limit, n)
 
         def part(what: str, args: tuple[str, ...], after: tuple[str, ...]) -> list[Child]:
             kids = shard_children("eval", (*args, *common, "--no-summary", "--out", str(out)), out / ".logs",
@@ -403,7 +406,7 @@ def best_checkpoints(out: Path, run_dirs: list[Path]) -> list[str]:
 
 def _bases(plan: StudyPlan) -> set[str]:
     """The bases a plan's recipes train from: shipped lab folders (relative to the project root) or real:NAME."""
-    return {_recipe(r)["base"] for r in plan.recipes}
+    return {_run_base(r, plan) for r in plan.recipes}
 
 
 def ensure_bases(plan: StudyPlan) -> None:
