@@ -141,10 +141,11 @@ def eval_curves(passk: pd.DataFrame, fmt: pd.DataFrame, run: str, samples: pd.Da
     return df.assign(source="eval", sigma=sigma)[CURVE_COLUMNS]
 
 
-def _curve_rows(key: tuple, curve: pd.DataFrame, methods, n_boot: int, seed: int,
-                rules: PhaseRules) -> tuple[list[dict], list[dict], int | None]:
-    """One curve's phases rows, its status rows, and its point count when too short to try (else None). Pure:
-    every curve's bootstrap starts from `seed`, so curves give the same rows in any process and order."""
+def _curve_rows(job: tuple) -> tuple[list[dict], list[dict], int | None]:
+    """One curve's phases rows, its status rows, and its point count when too short to try (else None), from
+    (key, curve, methods, n_boot, seed, rules). Pure: every curve's bootstrap starts from `seed`, so curves give the
+    same rows in any process and order."""
+    key, curve, methods, n_boot, seed, rules = job
     run, source, bench, metric = key
     bench = None if pd.isna(bench) else bench
     label = f"run {run} {source} {metric}" + (f" ({bench})" if bench else "")
@@ -169,10 +170,6 @@ def _curve_rows(key: tuple, curve: pd.DataFrame, methods, n_boot: int, seed: int
     return rows, status, None
 
 
-def _curve_rows_star(args: tuple):
-    return _curve_rows(*args)
-
-
 def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int | None = None, seed: int = 0,
                   rules: PhaseRules = PhaseRules(), workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Change points of every curve: (phases rows, one status row per curve and method).
@@ -187,7 +184,7 @@ def detect_phases(curves: pd.DataFrame, *, methods=METHODS, n_boot: int | None =
     keys = ["run", "source", "benchmark", "metric"]
     groups = curves.groupby(keys, dropna=False, sort=True)
     jobs = [(key, curve, methods, n_boot, seed, rules) for key, curve in groups]
-    results = process_map(_curve_rows_star, jobs, workers)
+    results = process_map(_curve_rows, jobs, workers)
     for job, (curve_rows, curve_status, short) in tqdm(zip(jobs, results), total=len(jobs), desc="phase curves",
                                                        unit="curve", disable=None):
         rows += curve_rows
