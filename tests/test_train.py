@@ -133,6 +133,33 @@ def test_completion_only_head_trains_the_same_adapter_bit_for_bit(tiny_base, tmp
     assert _log_history(fast / "checkpoint-2") == _log_history(slow / "checkpoint-2")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, weights", [("lab-lora-r8", "adapter_model.safetensors"),
+                                             ("lab-full", "model.safetensors")])
+def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, monkeypatch, recipe, weights):
+    """TRL's completions sampled by sample_like_generate (`finished_rows_leave_on_cpu`) or by generate itself: the
+    same checkpoints bit for bit and the same logs, on the lab base (whose completions end at different lengths)."""
+    from safetensors.torch import load_file
+
+    import tina_probe.generate.decode as decode
+    from train.grpo import train
+    from train.recipe import load_recipe
+
+    lab_base = Path(__file__).resolve().parents[1] / "data" / "lab" / "base"
+    recipe = load_recipe(RECIPES / f"{recipe}.yaml", [f"base={lab_base}", *TINY, "grpo.max_completion_length=48"])
+    taken, sample = [], decode.sample_like_generate
+    monkeypatch.setattr(decode, "sample_like_generate", lambda *a, **k: taken.append(sample(*a, **k)) or taken[-1])
+    fast = train(recipe, tmp_path / "fast")
+    assert len(taken) == 2 and all(out is not None for out in taken)  # both steps sampled through it
+    assert [c for c in taken[0][:, -1].tolist()].count(0) > 0  # some completions ended before the last column
+    monkeypatch.setattr(decode, "sample_like_generate", lambda *a, **k: None)
+    slow = train(recipe, tmp_path / "generate")
+    for step in (1, 2):
+        a, b = (load_file(run / f"checkpoint-{step}" / weights) for run in (fast, slow))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_history(fast / "checkpoint-2") == _log_history(slow / "checkpoint-2")
+
+
 def test_completion_only_head_only_where_the_head_is_frozen(tiny_base):
     """The switch is on for a frozen head (LoRA), off for a trained one (full FT), and TRL's own test is back after."""
     import trl.trainer.utils as trl_utils

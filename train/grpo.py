@@ -292,6 +292,38 @@ def completion_only_head_on_cpu(model):
         trl_utils._use_triton = original
 
 
+@contextlib.contextmanager
+def finished_rows_leave_on_cpu(model):
+    """Sample TRL's completions with tina_probe's decoding loop where it is generate's own sampling bit for bit.
+
+    TRL samples with `model.generate`, which computes every row until the last completion ends. On CPU with MKL,
+    `sample_like_generate` lets finished rows leave the batch in groups of 4, which keeps every other row's arithmetic
+    bit for bit (tina_probe/generate/decode.py), and draws from torch's global stream as generate does, so the
+    completions, the rewards and the adapters are equal bit for bit (tests/test_train.py). Any other call (another
+    device, config entry, model kind or argument) goes to generate itself."""
+    from tina_probe.generate.decode import sample_like_generate
+
+    if slow_paths():
+        yield False
+        return
+    forward_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    generate = model.generate
+
+    def sample(*args, generation_config=None, **kwargs):
+        if not args and set(kwargs) == {"input_ids", "attention_mask"}:
+            out = sample_like_generate(forward_model, kwargs["input_ids"], kwargs["attention_mask"],
+                                       generation_config)
+            if out is not None:
+                return out
+        return generate(*args, generation_config=generation_config, **kwargs)
+
+    model.generate = sample  # on the instance: TRL calls the unwrapped model's generate, which is this model
+    try:
+        yield True
+    finally:
+        del model.generate
+
+
 def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe", callbacks=None) -> Path:
     """Train one recipe; returns the run folder. An interrupted run keeps its finished checkpoints."""
     _quiet_trl(recipe.grpo.use_vllm)
@@ -329,7 +361,7 @@ def train(recipe: Recipe, runs_root: Path = Path("runs"), source: str = "recipe"
     start = time.time()
     status = "interrupted"
     try:
-        with completion_only_head_on_cpu(trainer.model):
+        with completion_only_head_on_cpu(trainer.model), finished_rows_leave_on_cpu(trainer.model):
             trainer.train()
         status = "complete"
     finally:

@@ -3,10 +3,21 @@ the batch (generate computes every row until the last one ends), and sampling wi
 rows so that a stacked batch samples each job as its own generate call would have (BlockSampler).
 
 decodes_here() says when the loop reproduces generate; HFGenerator falls back to generate itself otherwise.
+sample_like_generate() is generate's sampling call itself (torch's global random stream), bit for bit on CPU: the
+GRPO trainer samples through it (train/grpo.py).
+
+Rows and the BLAS (measured on this machine's MKL, torch 2.13, 1-8 threads; tests/test_decode.py): a row of F.linear
+is the same bit for bit in any batch of at least 4 rows, but not in a batch of 1-3 rows (another kernel), and with
+several threads not in some batches of 5-11 rows when the batch is not a multiple of 4. A batch that is a multiple of
+4 rows gives, for every subset of a multiple of 4 rows, the same rows bit for bit. decode_rows(row_granule=4) keeps
+the computed rows a multiple of 4 (finished rows stay as padding until a group of 4 can leave), which makes the loop
+equal to generate bit for bit, not only token for token; row_granule=1 lets every finished row leave (HFGenerator:
+tokens checked equal to generate).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -24,11 +35,13 @@ class BlockSampler(LogitsProcessor):
     Called by decode_rows on each step's float32 logits: applies HF's own warpers as HF's sampling path would for
     these settings, then softmax and torch.multinomial per block; returns scores whose argmax is the drawn token."""
 
-    def __init__(self, seeds: Sequence[int], rows: int, temperature: float, top_p: float, device):
+    def __init__(self, seeds: Sequence[int] | None, rows: int, temperature: float, top_p: float, device):
+        """seeds None: one block of `rows` rows drawn from torch's global random stream, as generate draws."""
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         self.rows = rows
-        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.generators = [None] if seeds is None else \
+            [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         self.warpers = []  # the conditions and order of GenerationMixin._get_logits_processor (top_k=0: none)
         if temperature != 1.0:
             self.warpers.append(TemperatureLogitsWarper(float(temperature)))
@@ -86,8 +99,9 @@ def decodes_here(model) -> bool:
 
 
 def _next_tokens(logits: torch.Tensor, live: torch.Tensor, batch: int, sampler: BlockSampler | None) -> torch.Tensor:
-    """The next token of each live row: greedy argmax, or BlockSampler over the whole original batch (rows that left
-    get zero logits: they still draw, as they did in HF generate, so every block keeps its random stream)."""
+    """The next token of each computed row (`live`: their batch rows): greedy argmax, or BlockSampler over the whole
+    original batch (rows that left get zero logits: they still draw, as they did in HF generate, so every block keeps
+    its random stream; torch.multinomial draws one exponential per entry whatever the probabilities)."""
     if sampler is None:
         return torch.argmax(logits, dim=-1)
     full = logits.new_zeros((batch, logits.shape[-1]))
@@ -95,15 +109,54 @@ def _next_tokens(logits: torch.Tensor, live: torch.Tensor, batch: int, sampler: 
     return torch.argmax(sampler(None, full), dim=-1)[live]
 
 
+def exact_row_granule(device) -> int:
+    """decode_rows' row_granule that keeps every row's arithmetic bit for bit that of the full batch: 4 with MKL on
+    CPU where a quick check on this process's BLAS and thread count confirms it (module docstring), else 0 (rows never
+    leave): no such rule was measured elsewhere (cuBLAS picks its kernels by the batch size)."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkl.is_available():
+        return 0
+    return 4 if _rows_of_4_hold(torch.get_num_threads()) else 0
+
+
+@functools.cache
+def _rows_of_4_hold(threads: int) -> bool:
+    """Whether F.linear gives every row of a 32-row batch bit for bit in subsets of 4, 8, ..., 28 rows, on a few
+    shapes (the lab's and a 0.1B model's widths; ~10 ms)."""
+    gen = torch.Generator().manual_seed(0)
+    for k, n in ((8, 192), (192, 768), (576, 1536), (1536, 576)):
+        x, w = torch.randn(32, k, generator=gen), torch.randn(n, k, generator=gen)
+        full = F.linear(x, w)
+        for m in range(4, 32, 4):
+            rows = torch.randperm(32, generator=gen)[:m].sort().values
+            if not torch.equal(F.linear(x[rows], w), full[rows]):
+                return False
+    return True
+
+
+def _rows_kept(finished: torch.Tensor, row_granule: int, batch: int) -> torch.Tensor | None:
+    """Which of the computed rows to keep (positions, ascending), or None to keep them all: every unfinished row,
+    plus finished ones up to a multiple of row_granule (0: rows never leave; batch not a multiple: neither)."""
+    live = int((~finished).sum())
+    if row_granule <= 0 or batch % row_granule or live == len(finished):
+        return None
+    target = -(-live // row_granule) * row_granule
+    if target >= len(finished):
+        return None
+    padding = finished.nonzero().squeeze(1)[: target - live]
+    return torch.sort(torch.cat([(~finished).nonzero().squeeze(1), padding])).values
+
+
 def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_tokens: int, eos_ids: set[int],
                 pad_id: int, sampler: BlockSampler | None = None, plan: RowPlan | None = None,
-                rows_per_block: int = 1) -> torch.Tensor:
+                rows_per_block: int = 1, row_granule: int = 1) -> torch.Tensor:
     """[batch, max_tokens] new tokens (pad after EOS), decoded as HF generate's greedy loop does (same model inputs:
     position ids from the mask, an all-ones mask dropped, a DynamicCache, logits of the last position in float32),
-    except that finished rows leave the batch; HF computes every row until the last one ends.
+    except that finished rows leave the batch, in groups that keep it a multiple of row_granule rows (module
+    docstring); HF computes every row until the last one ends. A finished row that stays is fed pad, as in HF.
 
-    Written here because generate cannot drop rows; per-row results are unchanged since every op is row-independent
-    (checked against generate token for token in tests/test_generate_hf.py)."""
+    Written here because generate cannot drop rows; every op is row-independent but the BLAS's choice of kernel for
+    small batches (checked against generate token for token in tests/test_generate_hf.py, bit for bit with
+    row_granule=4 in tests/test_decode.py)."""
     from transformers import DynamicCache
 
     batch, device = input_ids.shape[0], input_ids.device
@@ -113,24 +166,90 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     out = torch.full((batch, max_tokens), int(pad_id), dtype=torch.long, device=device)
-    live, inputs = torch.arange(batch, device=device), input_ids
+    rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_tokens):
         logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions[:, -inputs.shape[1]:],
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].to(torch.float32)
-        tokens = _next_tokens(logits, live, batch, sampler)
-        out[live, step] = tokens
-        going = ~torch.isin(tokens, eos)
-        if step == max_tokens - 1 or not bool(going.any()):
+        tokens = _next_tokens(logits, rows, batch, sampler)
+        writing = ~finished[rows]
+        out[rows[writing], step] = tokens[writing]
+        finished[rows[writing]] = torch.isin(tokens[writing], eos)
+        if step == max_tokens - 1 or bool(finished.all()):
             break
-        if not bool(going.all()):
-            keep = going.nonzero().squeeze(1)
-            live, tokens, positions = live[keep], tokens[keep], positions[keep]
+        tokens = tokens.masked_fill(finished[rows], int(pad_id))
+        keep = _rows_kept(finished[rows], row_granule, batch)
+        if keep is not None:
+            rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
             mask = None if mask is None else mask[keep]
             cache.batch_select_indices(keep)
             if plan is not None:
-                plan.keep(torch.div(live, rows_per_block, rounding_mode="floor"))
+                plan.keep(torch.div(rows, rows_per_block, rounding_mode="floor"))
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         inputs = tokens[:, None]
     return out
+
+
+# Entries of generate's effective sampling config (GenerationMixin._prepare_generation_config: the caller's config,
+# then the model's own, then HF's global defaults) at which HF adds no logits processor or stopping rule beyond the
+# temperature and top-p warpers that BlockSampler applies (the conditions of GenerationMixin._get_logits_processor).
+_SAMPLING_NEUTRAL = {"top_k": (None, 0), "min_p": (None,), "repetition_penalty": (None, 1.0), "num_beams": (None, 1),
+                     "num_return_sequences": (None, 1), "cache_implementation": (None,), "min_new_tokens": (None, 0),
+                     "min_length": (None, 0), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+                     "eta_cutoff": (None, 0.0)}
+_SAMPLING_READ = {"max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "pad_token_id",
+                  "eos_token_id", "bos_token_id", "disable_compile", "use_cache", "transformers_version",
+                  "_from_model_config"}
+
+
+def _sampling_settings(model, generation_config) -> tuple[int, float, float, set[int], int] | None:
+    """(max_new_tokens, temperature, top_p, eos ids, pad id) of the config generate would sample with, where
+    sample_like_generate reproduces it; else None. Any other entry must be None, False or HF's global default."""
+    from transformers import GenerationConfig
+
+    if generation_config is None:
+        return None
+    try:  # HF's own merge, so that nothing the model's generation_config adds is missed
+        effective, model_kwargs = model._prepare_generation_config(generation_config)
+        defaults = GenerationConfig._get_default_generation_params()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if model_kwargs:
+        return None
+    for key, value in effective.to_dict().items():
+        if key in _SAMPLING_NEUTRAL:
+            if value not in _SAMPLING_NEUTRAL[key]:
+                return None
+        elif key not in _SAMPLING_READ and value not in (None, False) and value != defaults.get(key):
+            return None
+    eos = effective.eos_token_id
+    eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+    if effective.do_sample is not True or effective.max_new_tokens is None or not eos_ids or \
+            effective.pad_token_id is None or not effective.temperature or effective.temperature <= 0:
+        return None
+    return int(effective.max_new_tokens), float(effective.temperature), float(effective.top_p), eos_ids, \
+        int(effective.pad_token_id)
+
+
+def sample_like_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config):
+    """What `model.generate(input_ids=..., attention_mask=..., generation_config=...)` returns for a plain sampling
+    config (prompt and new tokens, pad after EOS, as many columns as generate's steps), drawn from torch's global
+    random stream as generate draws, with finished rows leaving the batch in groups of exact_row_granule: equal bit
+    for bit on CPU. None where it does not reproduce generate (another model kind, config entry or device): the
+    caller then calls generate itself. `model` is the module whose forward generate would call (a PEFT model's base
+    model, adapters injected)."""
+    granule = exact_row_granule(input_ids.device)
+    if granule == 0 or not decodes_here(model):
+        return None
+    settings = _sampling_settings(model, generation_config)
+    if settings is None:
+        return None
+    max_new, temperature, top_p, eos_ids, pad_id = settings
+    sampler = BlockSampler(None, input_ids.shape[0], temperature, top_p, input_ids.device)
+    new = decode_rows(model, input_ids, attention_mask, max_tokens=max_new, eos_ids=eos_ids, pad_id=pad_id,
+                      sampler=sampler, row_granule=granule)
+    ended = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device))
+    steps = max_new if not bool(ended.any(dim=1).all()) else int(ended.int().argmax(dim=1).max()) + 1
+    return torch.cat([input_ids, new[:, :steps]], dim=1)

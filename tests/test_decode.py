@@ -1,0 +1,133 @@
+"""decode_rows with finished rows leaving in groups of 4, and sample_like_generate: generate's own sampling, bit for bit.
+
+Ground truth: F.linear on the full batch (the BLAS rule the groups rest on) and transformers' generate itself, with the
+same global seed, on the lab base with LoRA adapters injected by peft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tina_probe.generate.decode import decode_rows, exact_row_granule, sample_like_generate
+
+LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_in_groups_of_4_keep_every_row_of_the_full_batch(threads):
+    """The rule decode_rows(row_granule=4) rests on, on this machine's BLAS: any multiple of 4 rows of a batch of a
+    multiple of 4 rows gives those rows bit for bit, at the lab's and SmolLM2's widths (LoRA ranks included)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert exact_row_granule("cpu") == 4
+        gen = torch.Generator().manual_seed(1)
+        for k, n in ((192, 192), (192, 64), (768, 192), (192, 8), (8, 192), (192, 106), (576, 1536), (16, 576)):
+            w = torch.randn(n, k, generator=gen)
+            for batch in (8, 12, 64):
+                x = torch.randn(batch, k, generator=gen)
+                full = F.linear(x, w)
+                for m in range(4, batch, 4):
+                    rows = torch.randperm(batch, generator=gen)[:m].sort().values
+                    assert torch.equal(F.linear(x[rows], w), full[rows]), (k, n, batch, m)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_granule_is_off_where_no_rule_was_measured():
+    assert exact_row_granule("cuda") == 0 and exact_row_granule("meta") == 0
+
+
+@pytest.fixture(scope="module")
+def lab_lora():
+    """The lab base with random (non-zero) LoRA r8 adapters on every projection, in train mode as TRL samples."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(LAB / "base")
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(LAB / "base", dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    model.train()
+    questions = [json.loads(line)["question"] for line in (LAB / "train.jsonl").read_text().splitlines()[:4]]
+    return model, tok, questions
+
+
+def _batch(tok, questions, per_prompt):
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in questions for _ in range(per_prompt)]
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def _config(tok, **over):
+    from transformers import GenerationConfig
+
+    settings = dict(max_new_tokens=48, do_sample=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=[tok.eos_token_id], temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+                    repetition_penalty=1.0, cache_implementation=None, disable_compile=True)  # TRL's, as it sets them
+    return GenerationConfig(**(settings | over))
+
+
+class _BatchSizes:
+    """The batch size of every forward call of a module."""
+
+    def __init__(self, module):
+        self.sizes: list[int] = []
+        self.handle = module.register_forward_hook(
+            lambda mod, args, kwargs, out: self.sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+
+
+@pytest.mark.parametrize("per_prompt, over", [(8, {}), (4, {"temperature": 0.7, "top_p": 0.9})])
+def test_sample_like_generate_is_generate_bit_for_bit(lab_lora, per_prompt, over):
+    """Same tokens, same shape, and the global random stream left where generate leaves it; finished rows left the
+    batch in groups of 4."""
+    model, tok, questions = lab_lora
+    enc = _batch(tok, questions, per_prompt)
+    config = _config(tok, **over)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        want = model.generate(**enc, generation_config=config)
+        want_next = torch.rand(4)
+        sizes = _BatchSizes(model.get_base_model())
+        torch.manual_seed(7)
+        got = sample_like_generate(model.get_base_model(), enc["input_ids"], enc["attention_mask"], config)
+        got_next = torch.rand(4)
+        sizes.handle.remove()
+    assert got is not None and torch.equal(got, want) and torch.equal(got_next, want_next)
+    batch = enc["input_ids"].shape[0]
+    assert min(sizes.sizes) < batch and all(s % 4 == 0 for s in sizes.sizes)  # rows left, 4 at a time
+
+
+@pytest.mark.parametrize("over", [{"top_k": None}, {"top_k": 50}, {"repetition_penalty": 1.1}, {"do_sample": False},
+                                  {"num_beams": 2}, {"min_p": 0.1}, {"no_repeat_ngram_size": 2}])
+def test_sample_like_generate_leaves_other_configs_to_generate(lab_lora, over):
+    """A config entry that makes HF apply another processor or search (top_k None is HF's default 50) is declined."""
+    model, tok, questions = lab_lora
+    enc = _batch(tok, questions, 4)
+    with torch.no_grad():
+        assert sample_like_generate(model.get_base_model(), enc["input_ids"], enc["attention_mask"],
+                                    _config(tok, **over)) is None
+
+
+def test_rows_never_leave_a_batch_that_is_not_a_multiple_of_the_granule(lab_lora):
+    """6 rows: the BLAS rule holds only for batches of a multiple of 4, so every row is computed to the end."""
+    model, tok, questions = lab_lora
+    enc = _batch(tok, questions[:3], 2)
+    base = model.get_base_model()
+    with torch.no_grad():
+        sizes = _BatchSizes(base)
+        torch.manual_seed(3)
+        decode_rows(base, enc["input_ids"], enc["attention_mask"], max_tokens=48, eos_ids={tok.eos_token_id},
+                    pad_id=tok.pad_token_id, row_granule=4)
+        sizes.handle.remove()
+    assert set(sizes.sizes) == {6} and len(sizes.sizes) > 1
