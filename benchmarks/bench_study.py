@@ -4,7 +4,8 @@ The stages (train, eval, spectra, phase, retention, dynamics, hypothesis) run at
 CPU seconds, the work it did and its floor; today's code and the code as it was before the speed work side by side in
 one run, and the tables the two sides wrote compared cell for cell (same seeds: they must be identical). "Before" is
 the old paths (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval
-environment report per call and base forwards per checkpoint, TRL's LM head over every position in LoRA training)
+environment report per call and base forwards per checkpoint, TRL's LM head over every position in LoRA training,
+TRL's sampling by generate with every row computed to the end)
 and the study's old way of running eval, spectra and
 retention: one process on both cores; every child a subprocess that imports torch, transformers and peft itself.
 Today's study runs them as two `--shard` processes side by side, one thread each (tina_probe/lab/workers.py), every

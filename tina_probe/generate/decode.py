@@ -121,7 +121,7 @@ def exact_row_granule(device) -> int:
 @functools.cache
 def _rows_of_4_hold(threads: int) -> bool:
     """Whether F.linear gives every row of a 32-row batch bit for bit in subsets of 4, 8, ..., 28 rows, on a few
-    shapes (the lab's and a 0.1B model's widths; ~10 ms)."""
+    shapes (the lab's and a 0.1B model's widths; ~20 ms)."""
     gen = torch.Generator().manual_seed(0)
     for k, n in ((8, 192), (192, 768), (576, 1536), (1536, 576)):
         x, w = torch.randn(32, k, generator=gen), torch.randn(n, k, generator=gen)
