@@ -177,8 +177,9 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         finished[rows[writing]] = torch.isin(tokens[writing], eos)
         if step == max_tokens - 1 or bool(finished.all()):
             break
-        tokens = tokens.masked_fill(finished[rows], int(pad_id))
-        keep = _rows_kept(finished[rows], row_granule, batch)
+        done = finished[rows]
+        tokens = tokens.masked_fill(done, int(pad_id))
+        keep = _rows_kept(done, row_granule, batch)
         if keep is not None:
             rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
             mask = None if mask is None else mask[keep]
