@@ -133,17 +133,16 @@ def _rows_of_4_hold(threads: int) -> bool:
     return True
 
 
-def _rows_kept(finished: torch.Tensor, row_granule: int, batch: int) -> torch.Tensor | None:
-    """Which of the computed rows to keep (positions, ascending), or None to keep them all: every unfinished row,
-    plus finished ones up to a multiple of row_granule (0: rows never leave; batch not a multiple: neither)."""
-    live = int((~finished).sum())
-    if row_granule <= 0 or batch % row_granule or live == len(finished):
+def _rows_kept(done: torch.Tensor, live: int, row_granule: int, batch: int) -> torch.Tensor | None:
+    """Which of the computed rows to keep (positions, ascending), or None to keep them all: the `live` unfinished
+    rows, plus finished ones up to a multiple of row_granule (0: rows never leave; batch not a multiple: neither)."""
+    if row_granule <= 0 or batch % row_granule or live == len(done):
         return None
     target = -(-live // row_granule) * row_granule
-    if target >= len(finished):
+    if target >= len(done):
         return None
-    padding = finished.nonzero().squeeze(1)[: target - live]
-    return torch.sort(torch.cat([(~finished).nonzero().squeeze(1), padding])).values
+    keep = torch.argsort(done.to(torch.uint8), stable=True)[:target]  # unfinished first, each part in order
+    return keep if target == live else torch.sort(keep).values
 
 
 def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_tokens: int, eos_ids: set[int],
@@ -167,21 +166,19 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     out = torch.full((batch, max_tokens), int(pad_id), dtype=torch.long, device=device)
     rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # which computed rows have ended
     for step in range(max_tokens):
         logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions[:, -inputs.shape[1]:],
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].to(torch.float32)
-        tokens = _next_tokens(logits, rows, batch, sampler)
-        writing = ~finished[rows]
-        out[rows[writing], step] = tokens[writing]
-        finished[rows[writing]] = torch.isin(tokens[writing], eos)
-        if step == max_tokens - 1 or bool(finished.all()):
+        tokens = _next_tokens(logits, rows, batch, sampler).masked_fill(done, int(pad_id))
+        out[rows, step] = tokens
+        done = done | torch.isin(tokens, eos)
+        live = int((~done).sum())
+        if step == max_tokens - 1 or live == 0:
             break
-        done = finished[rows]
-        tokens = tokens.masked_fill(done, int(pad_id))
-        keep = _rows_kept(done, row_granule, batch)
+        keep = _rows_kept(done, live, row_granule, batch)
         if keep is not None:
-            rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
+            rows, tokens, positions, done = rows[keep], tokens[keep], positions[keep], done[keep]
             mask = None if mask is None else mask[keep]
             cache.batch_select_indices(keep)
             if plan is not None:
