@@ -7,9 +7,10 @@ sample_like_generate() is generate's sampling call itself (torch's global random
 GRPO trainer samples through it (train/grpo.py).
 
 Rows and the BLAS (measured on this machine's MKL, torch 2.13, 1-8 threads; tests/test_decode.py): a row of F.linear
-is the same bit for bit in any batch of at least 4 rows, but not in a batch of 1-3 rows (another kernel), and with
-several threads not in some batches of 5-11 rows when the batch is not a multiple of 4. A batch that is a multiple of
-4 rows gives, for every subset of a multiple of 4 rows, the same rows bit for bit. decode_rows(row_granule=4) keeps
+is the same bit for bit in any batch of at least 4 rows on one thread, but not in a batch of 1-3 rows (another
+kernel); with several threads it also differs in batches of 5, 6, 7, 9, 10 or 11 rows, and a batch of 5-11 rows that
+is not a multiple of 4 differs from its subsets of 4 or 8. A batch that is a multiple of 4 rows gives, for every
+subset of a multiple of 4 rows, the same rows bit for bit. decode_rows(row_granule=4) keeps
 the computed rows a multiple of 4 (finished rows stay as padding until a group of 4 can leave), which makes the loop
 equal to generate bit for bit, not only token for token; row_granule=1 lets every finished row leave (HFGenerator:
 tokens checked equal to generate).
