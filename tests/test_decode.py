@@ -105,7 +105,8 @@ def test_sample_like_generate_is_generate_bit_for_bit(lab_lora, per_prompt, over
         sizes.handle.remove()
     assert got is not None and torch.equal(got, want) and torch.equal(got_next, want_next)
     batch = enc["input_ids"].shape[0]
-    assert min(sizes.sizes) < batch and all(s % 4 == 0 for s in sizes.sizes)  # rows left, 4 at a time
+    assert sizes.sizes[0] == len(questions) and sizes.sizes[1] == batch  # one prefill per distinct prompt
+    assert min(sizes.sizes[1:]) < batch and all(s % 4 == 0 for s in sizes.sizes)  # rows left, 4 at a time
 
 
 @pytest.mark.parametrize("over", [{"top_k": None}, {"top_k": 50}, {"repetition_penalty": 1.1}, {"do_sample": False},
@@ -131,3 +132,23 @@ def test_rows_never_leave_a_batch_that_is_not_a_multiple_of_the_granule(lab_lora
                     pad_id=tok.pad_token_id, row_granule=4)
         sizes.handle.remove()
     assert set(sizes.sizes) == {6} and len(sizes.sizes) > 1
+
+
+def test_distinct_prompts_share_a_prefill_only_in_groups_the_blas_rule_covers():
+    """Rows that repeat a prompt (same ids and mask) map to its first row, in batch order; no sharing where the distinct
+    rows or the batch are not a multiple of the granule, where every prompt is distinct, or with granule 1."""
+    from tina_probe.generate.decode import _distinct_prompts
+
+    prompts = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4], [1, 2, 3]])
+    masks = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 1]])
+    order = torch.tensor([2, 2, 0, 1, 3, 0, 1, 3, 2, 0, 1, 3, 0, 1, 2, 3])
+    firsts, copies = _distinct_prompts(prompts[order], masks[order], 4)
+    assert firsts.tolist() == [0, 2, 3, 4] and torch.equal(prompts[order][firsts][copies], prompts[order])
+    assert torch.equal(masks[order][firsts][copies], masks[order])
+    same_ids = masks[order].clone()
+    same_ids[0] = 1  # row 0's ids equal rows 1 and 8's, its mask does not: a fifth distinct prompt
+    assert _distinct_prompts(prompts[order], same_ids, 4) is None
+    assert _distinct_prompts(prompts[order][:12], masks[order][:12], 4) is not None
+    assert _distinct_prompts(prompts[order][:6], masks[order][:6], 4) is None  # batch of 6
+    assert _distinct_prompts(prompts, masks, 4) is None  # nothing repeats
+    assert _distinct_prompts(prompts[order], masks[order], 1) is None

@@ -13,7 +13,9 @@ is not a multiple of 4 differs from its subsets of 4 or 8. A batch that is a mul
 subset of a multiple of 4 rows, the same rows bit for bit. decode_rows(row_granule=4) keeps
 the computed rows a multiple of 4 (finished rows stay as padding until a group of 4 can leave), which makes the loop
 equal to generate bit for bit, not only token for token; row_granule=1 lets every finished row leave (HFGenerator:
-tokens checked equal to generate).
+tokens checked equal to generate). The same rule lets rows that share a prompt share its prefill (prefill_once: GRPO
+samples each prompt num_generations times): the distinct prompts' rows are a multiple of 4 rows of the full batch's,
+so their keys, values and last logits are the full batch's bit for bit.
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ def exact_row_granule(device) -> int:
 
 @functools.cache
 def _rows_of_4_hold(threads: int) -> bool:
-    """Whether F.linear gives every row of a 32-row batch bit for bit in subsets of 4, 8, ..., 28 rows, on a few
-    shapes (the lab's and a 0.1B model's widths; ~20 ms)."""
+    """Whether F.linear gives every row of a 32-row batch bit for bit in subsets of 4, 8, ..., 28 rows, and a prefill's
+    rows (16 prompts x 24 positions) in 4 of its prompts, on a few shapes (the lab's and a 0.1B model's widths)."""
     gen = torch.Generator().manual_seed(0)
     for k, n in ((8, 192), (192, 768), (576, 1536), (1536, 576)):
         x, w = torch.randn(32, k, generator=gen), torch.randn(n, k, generator=gen)
@@ -131,6 +133,9 @@ def _rows_of_4_hold(threads: int) -> bool:
             rows = torch.randperm(32, generator=gen)[:m].sort().values
             if not torch.equal(F.linear(x[rows], w), full[rows]):
                 return False
+        prompts = torch.randn(16, 24, k, generator=gen)  # a prefill: 4 of 16 prompts, every position
+        if not torch.equal(F.linear(prompts[::4], w), F.linear(prompts, w)[::4]):
+            return False
     return True
 
 
@@ -146,13 +151,31 @@ def _rows_kept(done: torch.Tensor, live: int, row_granule: int, batch: int) -> t
     return keep if target == live else torch.sort(keep).values
 
 
+def _distinct_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_granule: int):
+    """(the first row of each distinct prompt, each row's index into them) where rows repeat a prompt and both the
+    batch and the distinct rows are multiples of row_granule (>= 4: the BLAS rule in the module docstring), else
+    None."""
+    batch = input_ids.shape[0]
+    if row_granule < 4 or batch % row_granule:
+        return None
+    rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(distinct) == batch or len(distinct) % row_granule:
+        return None
+    firsts = torch.full((len(distinct),), batch, dtype=torch.long, device=input_ids.device)
+    firsts = firsts.scatter_reduce(0, inverse, torch.arange(batch, device=input_ids.device), reduce="amin")
+    order = torch.argsort(firsts)  # the distinct prompts in batch order
+    return firsts[order], torch.argsort(order)[inverse]
+
+
 def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_tokens: int, eos_ids: set[int],
                 pad_id: int, sampler: BlockSampler | None = None, plan: RowPlan | None = None,
-                rows_per_block: int = 1, row_granule: int = 1) -> torch.Tensor:
+                rows_per_block: int = 1, row_granule: int = 1, prefill_once: bool = False) -> torch.Tensor:
     """[batch, max_tokens] new tokens (pad after EOS), decoded as HF generate's greedy loop does (same model inputs:
     position ids from the mask, an all-ones mask dropped, a DynamicCache, logits of the last position in float32),
     except that finished rows leave the batch, in groups that keep it a multiple of row_granule rows (module
     docstring); HF computes every row until the last one ends. A finished row that stays is fed pad, as in HF.
+    prefill_once (no plan): rows that repeat a prompt share one prefill, its cache copied to each (_distinct_prompts).
 
     Written here because generate cannot drop rows; every op is row-independent but the BLAS's choice of kernel for
     small batches (checked against generate token for token in tests/test_generate_hf.py, bit for bit with
@@ -168,9 +191,17 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     out = torch.full((batch, max_tokens), int(pad_id), dtype=torch.long, device=device)
     rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # which computed rows have ended
+    shared = _distinct_prompts(input_ids, attention_mask, row_granule) if prefill_once and plan is None else None
     for step in range(max_tokens):
-        logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions[:, -inputs.shape[1]:],
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].to(torch.float32)
+        if shared is not None and step == 0:
+            firsts, copies = shared
+            logits = model(input_ids=inputs[firsts], attention_mask=None if mask is None else mask[firsts],
+                           position_ids=positions[firsts], past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1].to(torch.float32)[copies]
+            cache.batch_select_indices(copies)
+        else:
+            logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions[:, -inputs.shape[1]:],
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].to(torch.float32)
         tokens = _next_tokens(logits, rows, batch, sampler).masked_fill(done, int(pad_id))
         out[rows, step] = tokens
         done = done | torch.isin(tokens, eos)
@@ -235,10 +266,10 @@ def _sampling_settings(model, generation_config) -> tuple[int, float, float, set
 def sample_like_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config):
     """What `model.generate(input_ids=..., attention_mask=..., generation_config=...)` returns for a plain sampling
     config (prompt and new tokens, pad after EOS, as many columns as generate's steps), drawn from torch's global
-    random stream as generate draws, with finished rows leaving the batch in groups of exact_row_granule: equal bit
-    for bit on CPU. None where it does not reproduce generate (another model kind, config entry or device): the
-    caller then calls generate itself. `model` is the module whose forward generate would call (a PEFT model's base
-    model, adapters injected)."""
+    random stream as generate draws, with finished rows leaving the batch in groups of exact_row_granule and rows that
+    repeat a prompt sharing its prefill: equal bit for bit on CPU. None where it does not reproduce generate (another
+    model kind, config entry or device): the caller then calls generate itself. `model` is the module whose forward
+    generate would call (a PEFT model's base model, adapters injected)."""
     granule = exact_row_granule(input_ids.device)
     if granule == 0 or not decodes_here(model):
         return None
@@ -248,7 +279,7 @@ def sample_like_generate(model, input_ids: torch.Tensor, attention_mask: torch.T
     max_new, temperature, top_p, eos_ids, pad_id = settings
     sampler = BlockSampler(None, input_ids.shape[0], temperature, top_p, input_ids.device)
     new = decode_rows(model, input_ids, attention_mask, max_tokens=max_new, eos_ids=eos_ids, pad_id=pad_id,
-                      sampler=sampler, row_granule=granule)
+                      sampler=sampler, row_granule=granule, prefill_once=True)
     ended = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device))
     steps = max_new if not bool(ended.any(dim=1).all()) else int(ended.int().argmax(dim=1).max()) + 1
     return torch.cat([input_ids, new[:, :steps]], dim=1)
