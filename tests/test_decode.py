@@ -152,3 +152,34 @@ def test_distinct_prompts_share_a_prefill_only_in_groups_the_blas_rule_covers():
     assert _distinct_prompts(prompts[order][:6], masks[order][:6], 4) is None  # batch of 6
     assert _distinct_prompts(prompts, masks, 4) is None  # nothing repeats
     assert _distinct_prompts(prompts[order], masks[order], 1) is None
+
+
+def test_a_shared_prefill_is_the_full_batch_prefill_bit_for_bit(lab_lora):
+    """The distinct prompts' prefill, copied to every row, gives the full batch's last logits and cache bit for bit (the
+    BLAS rule at a prefill's shapes), and decode_rows samples the same tokens with it as without (eval: 4 samples)."""
+    from transformers import DynamicCache
+
+    from tina_probe.generate.decode import BlockSampler, _distinct_prompts
+
+    model, tok, questions = lab_lora
+    base = model.get_base_model()
+    enc = _batch(tok, questions, 4)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    firsts, copies = _distinct_prompts(ids, mask, exact_row_granule("cpu"))
+    with torch.no_grad():
+        full_cache, shared_cache = (DynamicCache(config=base.config) for _ in range(2))
+        full = base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=full_cache,
+                    use_cache=True, logits_to_keep=1).logits
+        shared = base(input_ids=ids[firsts], attention_mask=mask[firsts], position_ids=positions[firsts],
+                      past_key_values=shared_cache, use_cache=True, logits_to_keep=1).logits[copies]
+        shared_cache.batch_select_indices(copies)
+        assert torch.equal(full, shared)
+        for a, b in zip(full_cache.layers, shared_cache.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        runs = []
+        for once in (True, False):
+            sampler = BlockSampler([5], ids.shape[0], 1.0, 1.0, "cpu")
+            runs.append(decode_rows(base, ids, mask, max_tokens=32, eos_ids={tok.eos_token_id},
+                                    pad_id=tok.pad_token_id, sampler=sampler, prefill_once=once))
+        assert torch.equal(runs[0], runs[1])

@@ -309,7 +309,7 @@ class HFGenerator:
             if temperature > 0 else None
         return decode_rows(model, enc["input_ids"], enc["attention_mask"], max_tokens=max_tokens, eos_ids=eos_ids,
                            pad_id=self.tokenizer.pad_token_id, sampler=sampler, plan=plan,
-                           rows_per_block=rows).tolist()
+                           rows_per_block=rows, prefill_once=True).tolist()
 
     def _run_stack(self, stack: Sequence[_Block], *, n: int, temperature: float, top_p: float,
                    max_tokens: int) -> list[list[list[Completion]]]:
