@@ -5,7 +5,7 @@ CPU seconds, the work it did and its floor; today's code and the code as it was 
 one run, and the tables the two sides wrote compared cell for cell (same seeds: they must be identical). "Before" is
 the old paths (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval
 environment report per call and base forwards per checkpoint, TRL's LM head over every position in LoRA training,
-TRL's sampling by generate with every row computed to the end)
+TRL's sampling by generate with every row computed to the end, eval's prefill of every row)
 and the study's old way of running eval, spectra and
 retention: one process on both cores; every child a subprocess that imports torch, transformers and peft itself.
 Today's study runs them as two `--shard` processes side by side, one thread each (tina_probe/lab/workers.py), every
@@ -209,9 +209,11 @@ def train_flops_per_token(kind: str, beta: float) -> int:
 def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, float]:
     """Steps, completions, tokens generated and trained (TRL's num_tokens: prompts and completions), seconds inside the
     steps (TRL's step_time; the rest of the stage is process start, loading and saving); floor = sampling (max of its
-    FLOPs and one weight read per decoding step) + the rest of the step's FLOPs (train_flops_per_token)."""
+    FLOPs and one weight read per decoding step) + the rest of the step's FLOPs (train_flops_per_token). Sampling
+    prefills each distinct prompt once (its num_generations rows share it; before stop 37 the floor counted every
+    row's prefill, and the work still reports that floor, floor_every_row_prefilled)."""
     steps = completions = generated = trained = passes = in_steps = 0.0
-    flops_gen = flops_train = 0.0
+    flops_gen = flops_train = flops_prefill_repeats = 0.0
     for run_dir in run_dirs:
         manifest = json.loads((run_dir / "tina_run.json").read_text())
         recipe = manifest.get("recipe", {})
@@ -229,12 +231,17 @@ def train_work(run_dirs: list[Path], n_params: int, rates: dict) -> tuple[dict, 
         passes += float(metric["completion_max_length"].sum()) if len(metric["completion_max_length"]) else 0.0
         in_steps += float(metric["step_time"].sum())
         per_token = train_flops_per_token(str(manifest.get("kind", "full")), float(grpo.get("beta", 0.0)))
-        flops_gen += 2 * n_params * tokens
+        prompt_tokens = max(0.0, tokens - per_step * float(lengths.sum()))
+        repeats = prompt_tokens * (1 - 1 / int(grpo.get("num_generations", 8)))  # rows that share a prompt's prefill
+        flops_gen += 2 * n_params * (tokens - repeats)
+        flops_prefill_repeats += 2 * n_params * repeats
         flops_train += (per_token - 2) * n_params * tokens
-    floor = max(flops_gen / rates["flops"], passes * 4 * n_params / rates["bandwidth"]) + flops_train / rates["flops"]
+    decode_reads = passes * 4 * n_params / rates["bandwidth"]
+    floor = max(flops_gen / rates["flops"], decode_reads) + flops_train / rates["flops"]
+    every_row = max((flops_gen + flops_prefill_repeats) / rates["flops"], decode_reads) + flops_train / rates["flops"]
     return dict(steps=int(steps), completions=int(completions), tokens_generated=int(generated),
                 tokens_trained=int(trained), gflop=round((flops_gen + flops_train) / 1e9, 1),
-                seconds_in_steps=round(in_steps, 1)), floor
+                seconds_in_steps=round(in_steps, 1), floor_every_row_prefilled=round(every_row, 1)), floor
 
 
 def eval_work(out: Path, n_params: int, rates: dict) -> tuple[dict, float]:
@@ -485,7 +492,7 @@ def report(after: list[Stage], before: list[Stage] | None) -> None:
     pairs = zip(after, before) if before else ((a, None) for a in after)
     for a, b in pairs:
         floor = f"{a.floor:9.3f}" if a.floor else f"{'-':>9}"
-        ratio = f"{a.cpu / a.floor:10.0f}" if a.floor else f"{'-':>10}"
+        ratio = f"{a.cpu / a.floor:10.1f}" if a.floor else f"{'-':>10}"
         line = f"{a.name:<10} {a.wall:8.1f} {a.cpu:8.1f} {floor} {ratio}"
         if b is not None:
             line += f" | {b.wall:11.1f} {b.cpu:10.1f} {b.wall / max(a.wall, 1e-9):17.2f} {b.cpu / max(a.cpu, 1e-9):16.2f}"

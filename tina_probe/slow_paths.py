@@ -16,7 +16,8 @@ def slow_paths() -> bool:
     (`pip list`) on every call, the base's forward on the reference text and on its own task completions for every
     checkpoint, and the same forward twice where the checkpoint is the base (analysis.retention); RL's Razor
     bootstraps call spearmanr once per resample (analysis.razor); training scores every position through TRL's LM
-    head on CPU, not only the completions, and samples with generate, every row to the end (train.grpo); the lab
+    head on CPU, not only the completions, and samples with generate, every row to the end (train.grpo); eval
+    prefills every row, not each distinct prompt once (generate.decode); the lab
     starts each child as a subprocess that imports everything itself, not forked from the preloaded server
     (lab.workers, lab.forked)."""
     return os.environ.get(ENV, "") == "1"

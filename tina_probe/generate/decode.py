@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor
 
 from tina_probe.generate.lora_bank import RowPlan
+from tina_probe.slow_paths import slow_paths
 
 
 class BlockSampler(LogitsProcessor):
@@ -193,7 +194,7 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # which computed rows have ended
     shared = _distinct_prompts(input_ids, attention_mask, exact_row_granule(device)) \
-        if prefill_once and plan is None else None
+        if prefill_once and plan is None and not slow_paths() else None
     for step in range(max_tokens):
         if shared is not None and step == 0:
             firsts, copies = shared
