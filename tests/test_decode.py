@@ -134,23 +134,33 @@ def test_rows_never_leave_a_batch_that_is_not_a_multiple_of_the_granule(lab_lora
     assert set(sizes.sizes) == {6} and len(sizes.sizes) > 1
 
 
-def test_distinct_prompts_share_a_prefill_only_in_groups_the_blas_rule_covers():
-    """Rows that repeat a prompt (same ids and mask) map to its first row, in batch order; no sharing where the distinct
-    rows or the batch are not a multiple of the granule, where every prompt is distinct, or with granule 1."""
+def test_distinct_prompts_share_a_prefill_in_groups_the_blas_rule_covers():
+    """Rows that repeat a prompt (same ids and mask) map to its first row, in batch order, padded with repeated rows up
+    to a multiple of the granule; no sharing where that is the whole batch, where the batch is not a multiple of the
+    granule, or with granule 1."""
     from tina_probe.generate.decode import _distinct_prompts
 
     prompts = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4], [1, 2, 3]])
     masks = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 1]])
     order = torch.tensor([2, 2, 0, 1, 3, 0, 1, 3, 2, 0, 1, 3, 0, 1, 2, 3])
-    firsts, copies = _distinct_prompts(prompts[order], masks[order], 4)
-    assert firsts.tolist() == [0, 2, 3, 4] and torch.equal(prompts[order][firsts][copies], prompts[order])
-    assert torch.equal(masks[order][firsts][copies], masks[order])
+
+    def shared(ids, mask):
+        prefilled, copies = _distinct_prompts(ids, mask, 4)
+        assert torch.equal(ids[prefilled][copies], ids) and torch.equal(mask[prefilled][copies], mask)
+        assert torch.equal(prefilled, prefilled.sort().values) and len(prefilled) % 4 == 0
+        return prefilled.tolist()
+
+    assert shared(prompts[order], masks[order]) == [0, 2, 3, 4]
+    assert shared(prompts[order][:12], masks[order][:12]) == [0, 2, 3, 4]
+    assert shared(prompts[[1, 1, 1, 1, 3, 3, 3, 3]], masks[[1, 1, 1, 1, 3, 3, 3, 3]]) == [0, 1, 2, 4]  # 2 + 2 padding
+    three = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    assert shared(prompts[three], masks[three]) == [0, 1, 4, 8]  # 3 + 1 padding
     same_ids = masks[order].clone()
-    same_ids[0] = 1  # row 0's ids equal rows 1 and 8's, its mask does not: a fifth distinct prompt
-    assert _distinct_prompts(prompts[order], same_ids, 4) is None
-    assert _distinct_prompts(prompts[order][:12], masks[order][:12], 4) is not None
+    same_ids[0] = 1  # row 0's ids equal rows 1 and 8's, its mask does not: a fifth distinct prompt, 8 rows prefilled
+    assert shared(prompts[order], same_ids) == [0, 1, 2, 3, 4, 5, 6, 7]
     assert _distinct_prompts(prompts[order][:6], masks[order][:6], 4) is None  # batch of 6
     assert _distinct_prompts(prompts, masks, 4) is None  # nothing repeats
+    assert _distinct_prompts(prompts[[0, 1, 2, 3, 0, 1, 2]], masks[[0, 1, 2, 3, 0, 1, 2]], 4) is None
     assert _distinct_prompts(prompts[order], masks[order], 1) is None
 
 

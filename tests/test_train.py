@@ -134,12 +134,12 @@ def test_completion_only_head_trains_the_same_adapter_bit_for_bit(tiny_base, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, weights", [("lab-lora-r8", "adapter_model.safetensors"),
-                                             ("lab-full", "model.safetensors")])
-def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, monkeypatch, recipe, weights):
+@pytest.mark.parametrize("recipe, weights, prompts", [("lab-lora-r8", "adapter_model.safetensors", 2),
+                                                      ("lab-full", "model.safetensors", 4)])
+def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, monkeypatch, recipe, weights, prompts):
     """TRL's completions sampled by sample_like_generate (`finished_rows_leave_on_cpu`) or by generate itself: the
-    same checkpoints bit for bit and the same logs, on the lab base (whose completions end at different lengths; 4
-    prompts x 4 generations, so the 4 distinct prompts share their prefill)."""
+    same checkpoints bit for bit and the same logs, on the lab base (whose completions end at different lengths;
+    `prompts` x 4 generations share a prefill of 4 rows: the 4 distinct prompts, or 2 and 2 repeats)."""
     from safetensors.torch import load_file
 
     import tina_probe.generate.decode as decode
@@ -148,7 +148,7 @@ def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, m
 
     lab_base = Path(__file__).resolve().parents[1] / "data" / "lab" / "base"
     recipe = load_recipe(RECIPES / f"{recipe}.yaml", [f"base={lab_base}", *TINY, "grpo.max_completion_length=48",
-                                                      "grpo.prompts_per_step=4"])
+                                                      f"grpo.prompts_per_step={prompts}"])
     taken, sample = [], decode.sample_like_generate
     monkeypatch.setattr(decode, "sample_like_generate", lambda *a, **k: taken.append(sample(*a, **k)) or taken[-1])
     shared, distinct = [], decode._distinct_prompts
@@ -156,7 +156,7 @@ def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, m
     fast = train(recipe, tmp_path / "fast")
     assert len(taken) == 2 and all(out is not None for out in taken)  # both steps sampled through it
     assert [c for c in taken[0][:, -1].tolist()].count(0) > 0  # some completions ended before the last column
-    assert len(shared) == 2 and all(s is not None and len(s[0]) == 4 and len(s[1]) == 16 for s in shared)
+    assert len(shared) == 2 and all(s is not None and len(s[0]) == 4 and len(s[1]) == 4 * prompts for s in shared)
     monkeypatch.setattr(decode, "sample_like_generate", lambda *a, **k: None)
     slow = train(recipe, tmp_path / "generate")
     for step in (1, 2):

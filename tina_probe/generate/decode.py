@@ -153,20 +153,26 @@ def _rows_kept(done: torch.Tensor, live: int, row_granule: int, batch: int) -> t
 
 
 def _distinct_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_granule: int):
-    """(the first row of each distinct prompt, each row's index into them) where rows repeat a prompt and both the
-    batch and the distinct rows are multiples of row_granule (exact_row_granule's 4: the BLAS rule in the module
-    docstring), else None."""
-    batch = input_ids.shape[0]
+    """(the rows to prefill, in batch order; each row's index into them) where rows repeat a prompt: the first row of
+    each distinct prompt, plus the next repeated rows up to a multiple of row_granule (exact_row_granule's 4: the BLAS
+    rule in the module docstring), fewer than the batch, itself a multiple; else None."""
+    batch, device = input_ids.shape[0], input_ids.device
     if row_granule < 4 or batch % row_granule:
         return None
     rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
     distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    if len(distinct) == batch or len(distinct) % row_granule:
+    target = -(-len(distinct) // row_granule) * row_granule
+    if target >= batch:
         return None
-    firsts = torch.full((len(distinct),), batch, dtype=torch.long, device=input_ids.device)
-    firsts = firsts.scatter_reduce(0, inverse, torch.arange(batch, device=input_ids.device), reduce="amin")
-    order = torch.argsort(firsts)  # the distinct prompts in batch order
-    return firsts[order], torch.argsort(order)[inverse]
+    firsts = torch.full((len(distinct),), batch, dtype=torch.long, device=device)
+    firsts = firsts.scatter_reduce(0, inverse, torch.arange(batch, device=device), reduce="amin")
+    computed = torch.zeros(batch, dtype=torch.bool, device=device)
+    computed[firsts] = True
+    computed[torch.nonzero(~computed).flatten()[:target - len(distinct)]] = True  # padding to the granule
+    prefilled = torch.nonzero(computed).flatten()
+    place = torch.full((batch,), -1, dtype=torch.long, device=device)
+    place[prefilled] = torch.arange(target, device=device)
+    return prefilled, place[firsts][inverse]
 
 
 def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_tokens: int, eos_ids: set[int],
