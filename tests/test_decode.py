@@ -134,18 +134,18 @@ def test_rows_never_leave_a_batch_that_is_not_a_multiple_of_the_granule(lab_lora
     assert set(sizes.sizes) == {6} and len(sizes.sizes) > 1
 
 
-def test_distinct_prompts_share_a_prefill_in_groups_the_blas_rule_covers():
+def test_prefill_rows_share_a_prefill_in_groups_the_blas_rule_covers():
     """Rows that repeat a prompt (same ids and mask) map to its first row, in batch order, padded with repeated rows up
     to a multiple of the granule; no sharing where that is the whole batch, where the batch is not a multiple of the
     granule, or with granule 1."""
-    from tina_probe.generate.decode import _distinct_prompts
+    from tina_probe.generate.decode import _prefill_rows
 
     prompts = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4], [1, 2, 3]])
     masks = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 1]])
     order = torch.tensor([2, 2, 0, 1, 3, 0, 1, 3, 2, 0, 1, 3, 0, 1, 2, 3])
 
     def shared(ids, mask):
-        prefilled, copies = _distinct_prompts(ids, mask, 4)
+        prefilled, copies = _prefill_rows(ids, mask, 4)
         assert torch.equal(ids[prefilled][copies], ids) and torch.equal(mask[prefilled][copies], mask)
         assert torch.equal(prefilled, prefilled.sort().values) and len(prefilled) % 4 == 0
         return prefilled.tolist()
@@ -158,10 +158,10 @@ def test_distinct_prompts_share_a_prefill_in_groups_the_blas_rule_covers():
     same_ids = masks[order].clone()
     same_ids[0] = 1  # row 0's ids equal rows 1 and 8's, its mask does not: a fifth distinct prompt, 8 rows prefilled
     assert shared(prompts[order], same_ids) == [0, 1, 2, 3, 4, 5, 6, 7]
-    assert _distinct_prompts(prompts[order][:6], masks[order][:6], 4) is None  # batch of 6
-    assert _distinct_prompts(prompts, masks, 4) is None  # nothing repeats
-    assert _distinct_prompts(prompts[[0, 1, 2, 3, 0, 1, 2]], masks[[0, 1, 2, 3, 0, 1, 2]], 4) is None
-    assert _distinct_prompts(prompts[order], masks[order], 1) is None
+    assert _prefill_rows(prompts[order][:6], masks[order][:6], 4) is None  # batch of 6
+    assert _prefill_rows(prompts, masks, 4) is None  # nothing repeats
+    assert _prefill_rows(prompts[[0, 1, 2, 3, 0, 1, 2]], masks[[0, 1, 2, 3, 0, 1, 2]], 4) is None
+    assert _prefill_rows(prompts[order], masks[order], 1) is None
 
 
 def test_a_shared_prefill_is_the_full_batch_prefill_bit_for_bit(lab_lora):
@@ -169,19 +169,19 @@ def test_a_shared_prefill_is_the_full_batch_prefill_bit_for_bit(lab_lora):
     BLAS rule at a prefill's shapes), and decode_rows samples the same tokens with it as without (eval: 4 samples)."""
     from transformers import DynamicCache
 
-    from tina_probe.generate.decode import BlockSampler, _distinct_prompts
+    from tina_probe.generate.decode import BlockSampler, _prefill_rows
 
     model, tok, questions = lab_lora
     base = model.get_base_model()
     enc = _batch(tok, questions, 4)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    firsts, copies = _distinct_prompts(ids, mask, exact_row_granule("cpu"))
+    prefilled, copies = _prefill_rows(ids, mask, exact_row_granule("cpu"))
     with torch.no_grad():
         full_cache, shared_cache = (DynamicCache(config=base.config) for _ in range(2))
         full = base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=full_cache,
                     use_cache=True, logits_to_keep=1).logits
-        shared = base(input_ids=ids[firsts], attention_mask=mask[firsts], position_ids=positions[firsts],
+        shared = base(input_ids=ids[prefilled], attention_mask=mask[prefilled], position_ids=positions[prefilled],
                       past_key_values=shared_cache, use_cache=True, logits_to_keep=1).logits[copies]
         shared_cache.batch_select_indices(copies)
         assert torch.equal(full, shared)

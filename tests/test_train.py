@@ -151,8 +151,8 @@ def test_sampling_with_finished_rows_leaving_trains_the_same_weights(tmp_path, m
                                                       f"grpo.prompts_per_step={prompts}"])
     taken, sample = [], decode.sample_like_generate
     monkeypatch.setattr(decode, "sample_like_generate", lambda *a, **k: taken.append(sample(*a, **k)) or taken[-1])
-    shared, distinct = [], decode._distinct_prompts
-    monkeypatch.setattr(decode, "_distinct_prompts", lambda *a: shared.append(distinct(*a)) or shared[-1])
+    shared, distinct = [], decode._prefill_rows
+    monkeypatch.setattr(decode, "_prefill_rows", lambda *a: shared.append(distinct(*a)) or shared[-1])
     fast = train(recipe, tmp_path / "fast")
     assert len(taken) == 2 and all(out is not None for out in taken)  # both steps sampled through it
     assert [c for c in taken[0][:, -1].tolist()].count(0) > 0  # some completions ended before the last column

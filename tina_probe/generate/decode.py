@@ -14,8 +14,9 @@ subset of a multiple of 4 rows, the same rows bit for bit. decode_rows(row_granu
 the computed rows a multiple of 4 (finished rows stay as padding until a group of 4 can leave), which makes the loop
 equal to generate bit for bit, not only token for token; row_granule=1 lets every finished row leave (HFGenerator:
 tokens checked equal to generate). The same rule lets rows that share a prompt share its prefill (prefill_once: GRPO
-samples each prompt num_generations times, eval n times): the distinct prompts' rows are a multiple of 4 rows of the
-full batch's, so their keys, values and last logits are the full batch's bit for bit.
+samples each prompt num_generations times, eval n times): the distinct prompts' rows, padded with repeated rows to a
+multiple of 4, are a multiple of 4 rows of the full batch's, so their keys, values and last logits are the full
+batch's bit for bit.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def _rows_kept(done: torch.Tensor, live: int, row_granule: int, batch: int) -> t
     return keep if target == live else torch.sort(keep).values
 
 
-def _distinct_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_granule: int):
+def _prefill_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_granule: int):
     """(the rows to prefill, in batch order; each row's index into them) where rows repeat a prompt: the first row of
     each distinct prompt, plus the next repeated rows up to a multiple of row_granule (exact_row_granule's 4: the BLAS
     rule in the module docstring), fewer than the batch, itself a multiple; else None."""
@@ -183,7 +184,7 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     except that finished rows leave the batch, in groups that keep it a multiple of row_granule rows (module
     docstring); HF computes every row until the last one ends. A finished row that stays is fed pad, as in HF.
     prefill_once (no plan): rows that repeat a prompt share one prefill, its cache copied to each, where the BLAS rule
-    holds here (exact_row_granule, _distinct_prompts), so that the rows' logits do not change.
+    holds here (exact_row_granule, _prefill_rows), so that no row's logits change.
 
     Written here because generate cannot drop rows; every op is row-independent but the BLAS's choice of kernel for
     small batches (checked against generate token for token in tests/test_generate_hf.py, bit for bit with
@@ -199,13 +200,13 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     out = torch.full((batch, max_tokens), int(pad_id), dtype=torch.long, device=device)
     rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # which computed rows have ended
-    shared = _distinct_prompts(input_ids, attention_mask, exact_row_granule(device)) \
+    shared = _prefill_rows(input_ids, attention_mask, exact_row_granule(device)) \
         if prefill_once and plan is None and not slow_paths() else None
     for step in range(max_tokens):
         if shared is not None and step == 0:
-            firsts, copies = shared
-            logits = model(input_ids=inputs[firsts], attention_mask=None if mask is None else mask[firsts],
-                           position_ids=positions[firsts], past_key_values=cache, use_cache=True,
+            prefilled, copies = shared
+            logits = model(input_ids=inputs[prefilled], attention_mask=None if mask is None else mask[prefilled],
+                           position_ids=positions[prefilled], past_key_values=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1].to(torch.float32)[copies]
             cache.batch_select_indices(copies)
         else:
