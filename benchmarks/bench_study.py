@@ -2,7 +2,8 @@
 
 The stages (train, eval, spectra, phase, retention, dynamics, hypothesis) run at a small size, each with its wall and
 CPU seconds, the work it did and its floor; today's code and the code as it was before the speed work side by side in
-one run, and the tables the two sides wrote compared cell for cell (same seeds: they must be identical). "Before" is
+one run, and the checkpoints the two sides trained (byte for byte) and the tables they wrote (cell for cell) compared
+(same seeds: they must be identical). "Before" is
 the old paths (TINA_PROBE_SLOW_PATHS=1: math-verify on every answer, file identity read per call, retention's lm-eval
 environment report per call and base forwards per checkpoint, TRL's LM head over every position in LoRA training,
 TRL's sampling by generate with every row computed to the end, eval's prefill of every row)
@@ -440,7 +441,17 @@ def comparable(v: Variant, table: str) -> pd.DataFrame | None:
 
 
 def same_results(a: Variant, b: Variant) -> None:
-    """Whether today's code and the old paths wrote the same tables (same seeds: they must, cell for cell)."""
+    """Whether today's code and the old paths trained the same weights (every checkpoint's safetensors, byte for byte)
+    and wrote the same tables (same seeds: they must, cell for cell)."""
+    weights = [{p.relative_to(v.runs): p for d in v.run_dirs for p in sorted(d.glob("checkpoint-*/*.safetensors"))}
+               for v in (a, b)]
+    if weights[0] or weights[1]:
+        differ = [str(k) for k in sorted(weights[0].keys() & weights[1].keys())
+                  if weights[0][k].read_bytes() != weights[1][k].read_bytes()]
+        missing = sorted(str(k) for k in weights[0].keys() ^ weights[1].keys())
+        print(f"  checkpoints: {len(weights[0].keys() & weights[1].keys()) - len(differ)} identical"
+              + (f", DIFFER: {', '.join(differ)}" if differ else "")
+              + (f", on one side only: {', '.join(missing)}" if missing else ""))
     for table in TABLES:
         x, y = comparable(a, table), comparable(b, table)
         if x is None and y is None:  # a stage not run (--stages)
