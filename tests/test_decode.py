@@ -193,3 +193,68 @@ def test_a_shared_prefill_is_the_full_batch_prefill_bit_for_bit(lab_lora):
             runs.append(decode_rows(base, ids, mask, max_tokens=32, eos_ids={tok.eos_token_id},
                                     pad_id=tok.pad_token_id, sampler=sampler, prefill_once=once))
         assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_lora_products_keep_rows_in_groups_of_4(threads):
+    """The rule for LoraBankLinear's batched products (bmm over blocks): a multiple of 4 rows of every block gives
+    those rows bit for bit, at the lab's and SmolLM2's LoRA shapes and a prefill's row counts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(2)
+        for k_in, n_out in ((192, 8), (8, 192), (576, 16), (16, 1536)):
+            for blocks, rows in ((2, 64), (3, 12 * 33), (5, 48)):
+                x, w = torch.randn(blocks, rows, k_in, generator=gen), torch.randn(blocks, k_in, n_out, generator=gen)
+                full = torch.bmm(x, w)
+                for m in (4, 8, rows // 2 - rows // 2 % 4):
+                    picked = torch.randperm(rows, generator=gen)[:m].sort().values
+                    assert torch.equal(torch.bmm(x[:, picked], w), full[:, picked]), (k_in, n_out, blocks, rows, m)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_stack_of_adapters_shares_each_blocks_prefill_bit_for_bit():
+    """Eval's stacks of several adapters (a row plan, equal blocks of the same prompts): each block prefills the same
+    distinct rows, and the prefill's logits and cache, then the sampled tokens, equal the unshared batch's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    from tina_probe.generate.decode import BlockSampler, _shared_prefill
+    from tina_probe.generate.lora_bank import PlainLora, lora_bank
+
+    tok = AutoTokenizer.from_pretrained(LAB / "base")
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(LAB / "base", dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(4)
+    kinds = ("q_proj", "v_proj", "down_proj")
+    targets = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in kinds]
+    loras = [PlainLora(f"a{j}", {name: (torch.randn(8, model.get_submodule(name).in_features, generator=gen) * 0.1,
+                                        torch.randn(model.get_submodule(name).out_features, 8, generator=gen) * 0.1)
+                                 for name in targets}, {name: 2.0 for name in targets}) for j in range(2)]
+    questions = [json.loads(line)["question"] for line in (LAB / "test.jsonl").read_text().splitlines()[:6]]
+    enc = _batch(tok, questions, 2)  # 12 rows a block, 6 distinct: 8 prefilled in each block
+    ids, mask = enc["input_ids"].repeat(3, 1), enc["attention_mask"].repeat(3, 1)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    blocks = [None, *loras]  # the base joins as a zero adapter, as in HFGenerator's stacks
+    with torch.no_grad():
+        with lora_bank(model, blocks) as (stacked, plan):
+            prefilled, copies = _shared_prefill(ids, mask, plan, 12)
+            assert len(prefilled) == 24 and torch.equal(ids[prefilled][copies], ids)
+            caches = [DynamicCache(config=model.config) for _ in range(2)]
+            full = stacked(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=caches[0],
+                           use_cache=True, logits_to_keep=1).logits
+            shared = stacked(input_ids=ids[prefilled], attention_mask=mask[prefilled],
+                             position_ids=positions[prefilled], past_key_values=caches[1], use_cache=True,
+                             logits_to_keep=1).logits[copies]
+            caches[1].batch_select_indices(copies)
+            assert torch.equal(full, shared)
+            for a, b in zip(caches[0].layers, caches[1].layers):
+                assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        runs = []
+        for once in (True, False):
+            with lora_bank(model, blocks) as (stacked, plan):
+                sampler = BlockSampler([1, 2, 3], 12, 1.0, 1.0, "cpu")
+                runs.append(decode_rows(stacked, ids, mask, max_tokens=32, eos_ids={tok.eos_token_id},
+                                        pad_id=tok.pad_token_id, sampler=sampler, plan=plan, rows_per_block=12,
+                                        prefill_once=once))
+        assert torch.equal(runs[0], runs[1])

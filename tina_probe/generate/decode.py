@@ -176,6 +176,27 @@ def _prefill_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_gra
     return prefilled, place[firsts][inverse]
 
 
+def _shared_prefill(input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: RowPlan | None, rows_per_block: int):
+    """_prefill_rows of the batch, or with a row plan (a stack of adapters over equal blocks of the same prompts) of
+    one block, the same rows in every block, so that the blocks stay equal (LoraBankLinear's batched products follow
+    the same rule here: tests/test_decode.py). None where nothing is shared."""
+    granule = exact_row_granule(input_ids.device)
+    if plan is None:
+        return _prefill_rows(input_ids, attention_mask, granule)
+    k = plan.k
+    if not plan.equal or input_ids.shape[0] != k * rows_per_block:
+        return None
+    ids, mask = input_ids.view(k, rows_per_block, -1), attention_mask.view(k, rows_per_block, -1)
+    if not bool((ids == ids[:1]).all()) or not bool((mask == mask[:1]).all()):
+        return None
+    one = _prefill_rows(ids[0], mask[0], granule)
+    if one is None:
+        return None
+    prefilled, copies = one
+    blocks = torch.arange(k, device=input_ids.device)[:, None]
+    return (prefilled + blocks * rows_per_block).flatten(), (copies + blocks * len(prefilled)).flatten()
+
+
 def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_tokens: int, eos_ids: set[int],
                 pad_id: int, sampler: BlockSampler | None = None, plan: RowPlan | None = None,
                 rows_per_block: int = 1, row_granule: int = 1, prefill_once: bool = False) -> torch.Tensor:
@@ -183,8 +204,8 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     position ids from the mask, an all-ones mask dropped, a DynamicCache, logits of the last position in float32),
     except that finished rows leave the batch, in groups that keep it a multiple of row_granule rows (module
     docstring); HF computes every row until the last one ends. A finished row that stays is fed pad, as in HF.
-    prefill_once (no plan): rows that repeat a prompt share one prefill, its cache copied to each, where the BLAS rule
-    holds here (exact_row_granule, _prefill_rows), so that no row's logits change.
+    prefill_once: rows that repeat a prompt share one prefill, its cache copied to each, where the BLAS rule holds here
+    (exact_row_granule, _shared_prefill), so that no row's logits change.
 
     Written here because generate cannot drop rows; every op is row-independent but the BLAS's choice of kernel for
     small batches (checked against generate token for token in tests/test_generate_hf.py, bit for bit with
@@ -200,8 +221,8 @@ def decode_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     out = torch.full((batch, max_tokens), int(pad_id), dtype=torch.long, device=device)
     rows, inputs = torch.arange(batch, device=device), input_ids  # rows: the batch rows computed this step
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # which computed rows have ended
-    shared = _prefill_rows(input_ids, attention_mask, exact_row_granule(device)) \
-        if prefill_once and plan is None and not slow_paths() else None
+    shared = _shared_prefill(input_ids, attention_mask, plan, rows_per_block) \
+        if prefill_once and not slow_paths() else None
     for step in range(max_tokens):
         if shared is not None and step == 0:
             prefilled, copies = shared
