@@ -186,7 +186,7 @@ def _shared_prefill(input_ids: torch.Tensor, attention_mask: torch.Tensor, plan:
     k = plan.k
     if not plan.equal or input_ids.shape[0] != k * rows_per_block:
         return None
-    ids, mask = input_ids.view(k, rows_per_block, -1), attention_mask.view(k, rows_per_block, -1)
+    ids, mask = input_ids.reshape(k, rows_per_block, -1), attention_mask.reshape(k, rows_per_block, -1)
     if not bool((ids == ids[:1]).all()) or not bool((mask == mask[:1]).all()):
         return None
     one = _prefill_rows(ids[0], mask[0], granule)
