@@ -170,10 +170,8 @@ def _prefill_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, row_gra
     computed = torch.zeros(batch, dtype=torch.bool, device=device)
     computed[firsts] = True
     computed[torch.nonzero(~computed).flatten()[:target - len(distinct)]] = True  # padding to the granule
-    prefilled = torch.nonzero(computed).flatten()
-    place = torch.full((batch,), -1, dtype=torch.long, device=device)
-    place[prefilled] = torch.arange(target, device=device)
-    return prefilled, place[firsts][inverse]
+    prefilled = torch.nonzero(computed).flatten()  # ascending, and holds every first row
+    return prefilled, torch.searchsorted(prefilled, firsts)[inverse]
 
 
 def _shared_prefill(input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: RowPlan | None, rows_per_block: int):
