@@ -30,3 +30,25 @@ def test_without_the_cached_real_base_it_says_so(tmp_path, script):
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "skipped: no cached real base" in res.stdout and str(tmp_path / "empty-cache") in res.stdout
+
+
+def test_profile_split_sorts_operators_and_counts_gemm_flops():
+    """bench_profile's classes on a workload whose operators are known: three 64x96 @ 96x32 products (their FLOPs
+    exactly), a large add (elementwise), views (small ops), attention; the classes and "outside" add up to the wall."""
+    import bench_profile
+
+    a, b, big = torch.randn(64, 96), torch.randn(96, 32), torch.randn(2_000_000)
+    q = torch.randn(1, 2, 16, 8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(3):
+            torch.mm(a, b)
+        for _ in range(3):
+            big.add(big)
+        for _ in range(50):
+            a.view(-1)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    s = bench_profile.split_profile(prof, wall=10.0)
+    assert s.gemm_flops == 3 * 2 * 64 * 96 * 32
+    assert s.gemm > 0 and s.attention > 0 and s.elementwise > 0 and s.small > 0
+    assert s.kernels == s.gemm + s.attention + s.elementwise
+    assert abs(s.kernels + s.small + s.outside - 10.0) < 1e-9
