@@ -19,7 +19,7 @@ stage's last line is the bound that follows: the speed-up if everything but thos
 profiler's own cost counts as "outside"), and if the products also ran at the floor's rate.
 
 Run: python benchmarks/bench_profile.py [--recipe lab-lora-r8] [--steps 8] [--stages train,eval,retention]
-(~4 minutes at the defaults, most of it the profiler sorting its events; alone on the machine)."""
+(~5 minutes at the defaults, much of it the profiler sorting its events; alone on the machine)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ class Split:
     @property
     def outside(self) -> float:
         return max(self.wall - self.kernels - self.small, 0.0)
+
+    def kernels_at_rate(self, rate: float) -> float:
+        """The kernels' seconds were the products to run at `rate` FLOP/s."""
+        return self.gemm_flops / rate + self.attention + self.elementwise
 
 
 def split_profile(prof, wall: float) -> Split:
@@ -131,9 +135,8 @@ def report(name: str, s: Split, plain_wall: float, rate: float) -> None:
     print(f"  elementwise {pct(s.elementwise)}")
     print(f"  small ops   {pct(s.small)}")
     print(f"  outside     {pct(s.outside)}")
-    at_floor = s.gemm_flops / rate + s.attention + s.elementwise
     print(f"  bound: {s.wall / s.kernels:.2f}x faster if all but the kernels vanished; "
-          f"{s.wall / at_floor:.2f}x if the products also ran at the floor's rate")
+          f"{s.wall / s.kernels_at_rate(rate):.2f}x if the products also ran at the floor's rate")
 
 
 def main() -> None:
@@ -176,7 +179,7 @@ def main() -> None:
         if len(total) > 1:
             wall = sum(s.wall for s in total)
             kernels = sum(s.kernels for s in total)
-            at_floor = sum(s.gemm_flops / rate + s.attention + s.elementwise for s in total)
+            at_floor = sum(s.kernels_at_rate(rate) for s in total)
             print(f"\nall stages: {wall:.2f} s wall; kernels {kernels:.2f} s ({100 * kernels / wall:.0f}%); "
                   f"bound {wall / kernels:.2f}x (kernels only), {wall / at_floor:.2f}x (products at the floor's rate)")
     finally:

@@ -1,5 +1,6 @@
 """benchmarks/bench_bf16.py and bench_lm_head.py: a decoding pass reads every matrix of the base once, in the dtype
-asked; without the cached real base each script says so in one line and stops (so `make bench` still runs offline)."""
+asked; without the cached real base each script says so in one line and stops (so `make bench` still runs offline).
+bench_profile.py: its operator classes on a workload whose operators are known."""
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_without_the_cached_real_base_it_says_so(tmp_path, script):
 
 def test_profile_split_sorts_operators_and_counts_gemm_flops():
     """bench_profile's classes on a workload whose operators are known: three 64x96 @ 96x32 products (their FLOPs
-    exactly), a large add (elementwise), views (small ops), attention; the classes and "outside" add up to the wall."""
+    exactly), a large add (elementwise), views (small ops), attention."""
     import bench_profile
 
     a, b, big = torch.randn(64, 96), torch.randn(96, 32), torch.randn(2_000_000)
@@ -50,5 +51,5 @@ def test_profile_split_sorts_operators_and_counts_gemm_flops():
     s = bench_profile.split_profile(prof, wall=10.0)
     assert s.gemm_flops == 3 * 2 * 64 * 96 * 32
     assert s.gemm > 0 and s.attention > 0 and s.elementwise > 0 and s.small > 0
-    assert s.kernels == s.gemm + s.attention + s.elementwise
-    assert abs(s.kernels + s.small + s.outside - 10.0) < 1e-9
+    assert s.small < s.elementwise  # 50 views (~1 us each) against 3 adds of 2M floats (~1 ms each)
+    assert s.kernels_at_rate(1e30) == s.attention + s.elementwise  # products at an infinite rate cost nothing
